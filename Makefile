@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (the whole pipeline on the embedded default) and `make test`.
+# Both create the virtual environment when it is missing and install the project into it.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.spotdiff-installed
+
+# Offline machines: telemetry calls would fail slowly or noisily.
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: install run test test-all bench clean-outputs
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Command one: reproduce the whole DVC pipeline on the embedded default and say where results are.
+run: install
+	$(BIN)/dvc repro
+	@$(BIN)/spotdiff results
+
+## Command two: the test suite (fast tests; slow and GPU tests are marked).
+test: install
+	$(BIN)/pytest -q -m "not slow"
+
+## Everything, slow tests included.
+test-all: install
+	$(BIN)/pytest -q
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
