@@ -1,0 +1,133 @@
+"""MLflow set-up in one place: where runs, artifacts and registered models go, and who may log.
+
+Tracking URI: env `MLFLOW_TRACKING_URI` wins, then `params.mlflow.tracking_uri`, else a SQLite store
+at `<repo root>/mlruns/mlflow.db` (absolute path, so every stage and `mlflow ui` see the same store
+whatever their working folder). Artifacts: `params.mlflow.artifact_location` (a local folder, a
+`file:` URI or `s3://bucket/prefix` — with `MLFLOW_S3_ENDPOINT_URL` and the usual AWS env variables
+for an S3-compatible server) or `<repo root>/mlruns/artifacts` by default. The repo root is the
+nearest folder, walking up from the working folder, that holds `params.yaml` or `dvc.yaml`.
+
+Only rank 0 of a distributed run talks to MLflow: check `is_rank_zero()` first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from spotdiff.errors import SpotdiffError
+
+MARKERS = ("params.yaml", "dvc.yaml")
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding params.yaml or dvc.yaml.
+
+    Falls back to `start` itself when no ancestor has either (e.g. a bare working folder).
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / m).is_file() for m in MARKERS):
+            return folder
+    return here
+
+
+def _mlflow_section(params: Any) -> Any:
+    return getattr(params, "mlflow", None) if params is not None else None
+
+
+def tracking_uri(params: Any = None, root: str | Path | None = None) -> str:
+    """The tracking (and registry) URI for this repo; creates the default SQLite folder if needed."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    section = _mlflow_section(params)
+    configured = (getattr(section, "tracking_uri", "") or "").strip()
+    if configured:
+        if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
+            # A relative SQLite path would depend on the working folder: anchor it at the repo root.
+            rel = configured[len("sqlite:///"):]
+            db = (Path(root) if root else find_repo_root()) / rel
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{db.resolve()}"
+        return configured
+    folder = (Path(root) if root else find_repo_root()) / "mlruns"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def artifact_location(params: Any = None, root: str | Path | None = None) -> str:
+    """Artifact root for new experiments: a file URI under the repo by default, or s3://… when set."""
+    section = _mlflow_section(params)
+    configured = (getattr(section, "artifact_location", "") or "").strip()
+    base = Path(root) if root else find_repo_root()
+    if configured:
+        if "://" in configured or configured.startswith("file:"):
+            return configured
+        path = Path(configured)
+        path = path if path.is_absolute() else base / path
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve().as_uri()
+    path = base / "mlruns" / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve().as_uri()
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to print or write into outputs: any user:password part is dropped."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
+    """Point MLflow at this repo's store, make sure the experiment exists, select it; return its id.
+
+    A new experiment is created with `artifact_location(params)`; an existing one keeps its own.
+    A deleted experiment of the same name is restored.
+    """
+    import mlflow
+    from mlflow.entities import LifecycleStage
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    section = _mlflow_section(params)
+    name = getattr(section, "experiment", "") or "spotdiff"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(params, root))
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == LifecycleStage.DELETED:
+                client.restore_experiment(exp_id)
+    except SpotdiffError:
+        raise
+    except Exception as exc:  # connection refused, bad URI, locked DB, …
+        raise SpotdiffError(
+            f"MLflow tracking store {redact_uri(uri)}: cannot open it ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); check MLFLOW_TRACKING_URI / "
+            "params.yaml mlflow.tracking_uri") from None
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def is_rank_zero() -> bool:
+    """True unless env RANK or LOCAL_RANK names a non-zero rank (DDP launches set them)."""
+    for var in ("RANK", "LOCAL_RANK"):
+        value: Optional[str] = os.environ.get(var)
+        if value not in (None, "") and value.strip() != "0":
+            return False
+    return True
