@@ -1,0 +1,1 @@
+"""Datasets: sources, inpainting, training pairs, test sets."""
