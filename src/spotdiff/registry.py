@@ -1,0 +1,382 @@
+"""The model's life in the MLflow registry: log the trained CYWS as a pyfunc, register it, promote it.
+
+`register_checkpoint()` (the `register` stage) logs `models/cyws.pt` as an MLflow pyfunc model into
+the training run (so one run holds the training metrics, the evaluation metrics and the model),
+registers it as a new version of `register.model_name`, tags the version with the evaluation metrics,
+the git revision and the model's DVC md5, points the `challenger` alias at it, and moves `champion`
+to it when its `register.primary_metric` beats the current champion's by more than
+`register.promote_margin` (and reaches `register.ap_floor`). The decision and its reason go to
+`registry/registration.json`. `promote_version()` moves an alias by hand. Aliases only, never the
+deprecated stages.
+
+The served model takes `{"image_a": H×W×3 uint8, "image_b": H'×W'×3 uint8}` (RGB) and returns
+`{"boxes_a": [[x1,y1,x2,y2],…], "scores_a": […], "boxes_b": …, "scores_b": …}` in each image's own
+pixels (xyxy, x2/y2 exclusive). See docs/SERVING.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from spotdiff.errors import SpotdiffError
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+MODEL_NAME_IN_RUN = "model"
+METRIC_TAG_PREFIX = "metric."
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# What the served model imports (besides spotdiff itself, which the serving environment must have
+# installed: `pip install .` in this repo, or the Docker image). Pinned to the versions installed here.
+_SERVING_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "numpy", "scipy", "pillow",
+                          "opencv-python-headless", "scikit-image", "kornia", "pyyaml")
+
+
+# ---------------------------------------------------------------- the pyfunc model
+
+try:  # mlflow is a hard dependency, but keep `import spotdiff.registry` cheap to reason about.
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover
+    _PythonModel = object  # type: ignore[assignment,misc]
+
+
+def _as_image(value: Any, name: str):
+    import numpy as np
+
+    arr = np.asarray(value)
+    if arr.ndim == 4 and arr.shape[0] == 1:  # a batch of one
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise SpotdiffError(f"input {name}: expected an H×W×3 RGB image, got shape {tuple(arr.shape)}; "
+                            "send {\"inputs\": {\"image_a\": [[[r,g,b],…],…], \"image_b\": …}}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _as_list(x: Any) -> list:
+    import numpy as np
+
+    return np.asarray(x, dtype=np.float64).tolist()
+
+
+class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
+    """MLflow pyfunc wrapper: loads the logged checkpoint and runs `CywsDetector` on an image pair."""
+
+    def load_context(self, context) -> None:
+        from spotdiff.methods.learned import CywsDetector
+        from spotdiff.models.cyws import load_model
+
+        model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location="cpu")
+        model.eval()
+        self._detector = CywsDetector(model)
+
+    def predict(self, context, model_input, params: Optional[dict] = None):
+        if not isinstance(model_input, dict) or not {"image_a", "image_b"} <= set(model_input):
+            raise SpotdiffError("model input: expected a mapping with image_a and image_b")
+        img_a = _as_image(model_input["image_a"], "image_a")
+        img_b = _as_image(model_input["image_b"], "image_b")
+        boxes_a, scores_a, boxes_b, scores_b = self._detector.detect(img_a, img_b)
+        return {"boxes_a": _as_list(boxes_a), "scores_a": _as_list(scores_a),
+                "boxes_b": _as_list(boxes_b), "scores_b": _as_list(scores_b)}
+
+
+def model_signature():
+    """Two named uint8 tensors of shape (-1, -1, 3): the pair of RGB images, any sizes."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype("uint8"), (-1, -1, 3), "image_a"),
+                     TensorSpec(np.dtype("uint8"), (-1, -1, 3), "image_b")])
+    return ModelSignature(inputs=inputs)
+
+
+def input_example(size: int = 64) -> dict:
+    """A small deterministic pair: a grey image and the same image with one bright square."""
+    import numpy as np
+
+    a = np.full((size, size, 3), 96, dtype=np.uint8)
+    b = a.copy()
+    b[size // 4: size // 2, size // 4: size // 2] = 230
+    return {"image_a": a, "image_b": b}
+
+
+def pip_requirements() -> list[str]:
+    """The serving dependencies, pinned to the installed versions (given explicitly: fast to log)."""
+    reqs = []
+    for dist in _SERVING_DISTRIBUTIONS:
+        try:
+            version = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{dist}=={version.split('+')[0]}")
+    return reqs
+
+
+# ---------------------------------------------------------------- inputs and provenance
+
+
+def read_json(path: str | Path, what: str, rerun: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SpotdiffError(f"{path}: {what} not found; {rerun}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpotdiffError(f"{path}: not valid JSON ({exc}); {rerun}") from None
+
+
+def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
+    """{"cyws": {"coco_inpainted": {"all": {"ap50": 0.4}}}} -> {"cyws/coco_inpainted/all/ap50": 0.4}.
+
+    Only numeric leaves are kept (booleans and strings are not metrics).
+    """
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten_metrics(value, f"{prefix}/{key}" if prefix else str(key)))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and prefix:
+        value = float(obj)
+        if value == value and value not in (float("inf"), float("-inf")):  # no NaN/inf
+            out[prefix] = value
+    return out
+
+
+def git_revision(root: Path) -> dict[str, Any]:
+    """{"commit": sha or None, "dirty": bool or None} for the repo at `root` (None without git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=20)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=20)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return {"commit": sha.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_md5(root: Path, model_path: Path) -> dict[str, Optional[str]]:
+    """The model's md5 as recorded in dvc.lock (the stage output that produced it), else of the file.
+
+    Returns {"md5", "source": "dvc.lock" | "file", "stage": stage name or None}.
+    """
+    import yaml
+
+    try:
+        rel = model_path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        rel = None
+    lock = root / "dvc.lock"
+    if rel is not None and lock.is_file():
+        try:
+            data = yaml.safe_load(lock.read_text()) or {}
+        except yaml.YAMLError:
+            data = {}
+        for stage, info in (data.get("stages") or {}).items():
+            for out in (info or {}).get("outs") or []:
+                if isinstance(out, dict) and out.get("path") == rel and out.get("md5"):
+                    return {"md5": out["md5"], "source": "dvc.lock", "stage": stage}
+    return {"md5": _file_md5(model_path), "source": "file", "stage": None}
+
+
+# ---------------------------------------------------------------- the champion rule
+
+
+def decide(new_value: float, champion: Optional[dict], margin: float, floor: float,
+           metric: str) -> tuple[bool, str]:
+    """Whether the new version becomes champion, and why (one sentence)."""
+    if new_value < floor:
+        return False, (f"{metric} = {new_value:.4f} is below register.ap_floor = {floor:.4f}; "
+                       "not promoted")
+    if champion is None:
+        return True, f"no current champion; {metric} = {new_value:.4f} reaches the floor {floor:.4f}"
+    old = champion.get("value")
+    if old is None:
+        return False, (f"the current champion (version {champion['version']}) has no recorded {metric}; "
+                       "kept it — promote by hand with `spotdiff promote VERSION` if wanted")
+    if new_value > old + margin:
+        return True, (f"{metric} = {new_value:.4f} beats champion version {champion['version']} "
+                      f"({old:.4f}) by {new_value - old:+.4f} > margin {margin:.4f}")
+    return False, (f"{metric} = {new_value:.4f} does not beat champion version {champion['version']} "
+                   f"({old:.4f}) by more than margin {margin:.4f} (difference {new_value - old:+.4f})")
+
+
+def _champion_info(client, name: str, metric: str) -> Optional[dict]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no registered model yet, or no champion alias
+    raw = (mv.tags or {}).get(METRIC_TAG_PREFIX + metric)
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        value = None
+    return {"version": int(mv.version), "value": value, "run_id": mv.run_id}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- the register stage
+
+
+def register_checkpoint(params: Any, model_path: str | Path, train_info_path: str | Path,
+                        metrics_path: str | Path, out_path: str | Path,
+                        root: str | Path | None = None) -> dict:
+    """Log, register, tag, alias and (maybe) promote; write and return the registration record."""
+    from spotdiff.fsutil import write_json_atomic
+    from spotdiff.tracking import find_repo_root, redact_uri, setup_mlflow
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise SpotdiffError(f"{model_path}: trained model not found; run the train stage first "
+                            "(dvc repro train)")
+    train_info = read_json(train_info_path, "training summary", "run the train stage first (dvc repro train)")
+    run_id = train_info.get("mlflow_run_id") if isinstance(train_info, dict) else None
+    if not run_id:
+        raise SpotdiffError(f"{train_info_path}: no mlflow_run_id; rerun the train stage (dvc repro train)")
+    metrics_raw = read_json(metrics_path, "evaluation metrics", "run the evaluate stage first "
+                            "(dvc repro evaluate)")
+    metrics = flatten_metrics(metrics_raw)
+    reg = params.register
+    metric = reg.primary_metric
+    if metric not in metrics:
+        known = ", ".join(sorted(metrics)[:12]) or "none"
+        raise SpotdiffError(f"{metrics_path}: no metric {metric} (register.primary_metric); known: {known}; "
+                            "fix register.primary_metric or make evaluate produce it")
+    new_value = metrics[metric]
+
+    root = Path(root) if root else find_repo_root()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    setup_mlflow(params, root)
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise SpotdiffError(
+            f"{train_info_path}: MLflow run {run_id} is not in the tracking store {redact_uri(uri)}; "
+            "set MLFLOW_TRACKING_URI to the store the train stage used, or rerun it (dvc repro train)"
+        ) from None
+
+    git = git_revision(root)
+    md5 = model_md5(root, model_path)
+    champion_before = _champion_info(client, reg.model_name, metric)
+
+    with mlflow.start_run(run_id=run_id):
+        if metrics:
+            mlflow.log_metrics(metrics)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=CywsPyfuncModel(),
+            artifacts={CHECKPOINT_ARTIFACT: str(model_path.resolve())},
+            signature=model_signature(),
+            input_example=input_example(),
+            pip_requirements=pip_requirements(),
+        )
+        mlflow.set_tags({"spotdiff.git_commit": git["commit"] or "unknown",
+                         "spotdiff.model_md5": md5["md5"]})
+    mv = mlflow.register_model(info.model_uri, reg.model_name)
+    version = str(mv.version)
+
+    tags = {METRIC_TAG_PREFIX + k: f"{v:.6g}" for k, v in metrics.items()}
+    tags.update({
+        "git_commit": git["commit"] or "unknown",
+        "git_dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower(),
+        "dvc_model_md5": md5["md5"],
+        "dvc_model_md5_source": md5["source"],
+        "primary_metric": metric,
+    })
+    for key, value in tags.items():
+        client.set_model_version_tag(reg.model_name, version, key, value)
+    client.set_registered_model_alias(reg.model_name, CHALLENGER, version)
+
+    promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
+    if promote:
+        client.set_registered_model_alias(reg.model_name, CHAMPION, version)
+        client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {_now()}")
+    aliases = [CHALLENGER] + ([CHAMPION] if promote else [])
+
+    record = {
+        "model_name": reg.model_name,
+        "version": int(version),
+        "model_uri": f"models:/{reg.model_name}/{version}",
+        "logged_model_uri": info.model_uri,
+        "mlflow_run_id": run_id,
+        "tracking_uri": redact_uri(uri),
+        "aliases": aliases,
+        "decision": "promoted" if promote else "kept",
+        "reason": reason,
+        "primary_metric": {"name": metric, "value": new_value},
+        "promote_margin": reg.promote_margin,
+        "ap_floor": reg.ap_floor,
+        "champion_before": champion_before,
+        "champion_after": (int(version) if promote
+                           else (champion_before["version"] if champion_before else None)),
+        "git": git,
+        "model_md5": md5,
+        "metrics": metrics,
+        "registered_at": _now(),
+    }
+    write_json_atomic(out_path, record)
+    return record
+
+
+# ---------------------------------------------------------------- promotion by hand
+
+
+def promote_version(params: Any, version: str | int, alias: str = CHAMPION,
+                    root: str | Path | None = None) -> dict:
+    """Point `alias` of `register.model_name` at `version`; return {"model_name","version","alias","previous"}."""
+    import mlflow  # noqa: F401
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.tracking import redact_uri, setup_mlflow
+
+    name = params.register.model_name
+    text = str(version).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise SpotdiffError(f"version {version!r}: not a model version number; give a positive integer "
+                            "(see registry/registration.json or `mlflow ui`)")
+    if not alias or not all(c.isalnum() or c in "_-" for c in alias) or alias.lower() == "latest":
+        raise SpotdiffError(f"alias {alias!r}: use letters, digits, '_' or '-' (and not 'latest')")
+    setup_mlflow(params, root)
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.get_model_version(name, text)
+    except MlflowException:
+        raise SpotdiffError(f"model {name} version {text}: not in the registry at {redact_uri(uri)}; "
+                            "pick an existing version (registry/registration.json lists the latest)") from None
+    try:
+        previous: Optional[int] = int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, text)
+    client.set_model_version_tag(name, text, "promoted" if alias == CHAMPION else f"alias.{alias}",
+                                 f"manual {_now()}")
+    return {"model_name": name, "version": int(text), "alias": alias, "previous": previous}
