@@ -1,0 +1,59 @@
+"""Co-attention between the two images' feature maps: CoAM and the NOAM ablation (DESIGN §2).
+
+CoAM, for a query map f (B×C×H×W) and the other image's map g (B×C×H'×W'):
+    Q = conv1x1_q(f) (B×d×HW),  K = conv1x1_k(g) (B×d×H'W'),  V = g (raw features)
+    A = softmax over the H'W' positions of g of Σ_c Q·K   (no 1/√d scaling, as the reference)
+    out = [f ‖ A·V]  (2C channels at f's resolution)
+One module serves both directions: `forward(fa, fb)` returns (ψ(fa, fb), ψ(fb, fa)).
+NOAM: out = [f ‖ g], no parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CoAttention(nn.Module):
+    """Co-attention module (CoAM) for one feature level."""
+
+    def __init__(self, channels: int, key_channels: int) -> None:
+        super().__init__()
+        self.query_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
+        self.key_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
+
+    def attention(self, query: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """A: B × (H·W of query) × (H'·W' of other); each row sums to 1."""
+        q = self.query_conv(query).flatten(2)  # B×d×N
+        k = self.key_conv(other).flatten(2)  # B×d×M
+        logits = torch.bmm(q.transpose(1, 2), k)  # B×N×M
+        return logits.softmax(dim=-1)
+
+    def attend(self, query: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([query ‖ A·V], A) with V the other image's raw features."""
+        a = self.attention(query, other)
+        v = other.flatten(2)  # B×C×M
+        attended = torch.bmm(v, a.transpose(1, 2)).reshape(query.shape[0], other.shape[1], *query.shape[2:])
+        return torch.cat([query, attended], dim=1), a
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor, return_attention: bool = False):
+        out_a, att_ab = self.attend(fa, fb)
+        out_b, att_ba = self.attend(fb, fa)
+        if return_attention:
+            return out_a, out_b, att_ab, att_ba
+        return out_a, out_b
+
+
+class NoAttention(nn.Module):
+    """NOAM ablation: ψ(f, g) = [f ‖ g]; the decoder has to find the change itself."""
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor, return_attention: bool = False):
+        out_a, out_b = torch.cat([fa, fb], dim=1), torch.cat([fb, fa], dim=1)
+        if return_attention:
+            return out_a, out_b, None, None
+        return out_a, out_b
+
+
+def key_widths(backbone: str) -> tuple[int, int, int]:
+    """Key/query widths for the three deepest maps, deepest first (paper: 256,128,64 for R50)."""
+    return (256, 128, 64) if backbone == "resnet50" else (128, 64, 32)

@@ -1,0 +1,235 @@
+"""The CYWS change detector ("The Change You Want To See", Sachdeva & Zisserman 2023), DESIGN §2.
+
+    image_a, image_b ──► shared ResNet encoder ──► 5 maps each
+                     ──► CoAM (or NOAM) on the `attention_layers` deepest maps, both directions
+                     ──► U-Net decoder (scSE) ──► CenterNet head  ──► heatmap/size/offset per image
+
+Both images go through the same modules (stacked as one batch), so the model is symmetric:
+swapping the inputs swaps the outputs.
+
+Input normalisation: images are float B×3×S×S in [0,1] (S a multiple of 32). The ImageNet mean/std
+normalisation is applied inside the model ONLY when pretrained ImageNet weights were loaded
+(`pretrained_weights` non-empty); a randomly initialised model sees the raw [0,1] values, as the
+reference did. The choice is stored with the checkpoint (through its `pretrained_weights` field),
+so a loaded model normalises exactly as it did in training, without needing the weights file.
+
+Checkpoint format (`save_model` / `load_model`): `torch.save({"format": "spotdiff-cyws/1",
+"model": {ModelParams fields}, "state_dict": ...})`, read back with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from spotdiff.errors import SpotdiffError
+from spotdiff.models.centernet import CenterNetHead, centernet_loss, decode
+from spotdiff.models.coattention import CoAttention, NoAttention, key_widths
+from spotdiff.models.decoder import UnetDecoder
+from spotdiff.models.encoder import STAGE_CHANNELS, ResNetEncoder
+
+FORMAT = "spotdiff-cyws/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DECODER_CHANNELS = (256, 256, 128, 128, 64)
+CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
+               "max_boxes")
+
+
+class CYWS(nn.Module):
+    """Shared encoder + co-attention + U-Net decoder + CenterNet head, applied to both images."""
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        attention: str = "coam",
+        attention_layers: int = 3,
+        scse: bool = True,
+        pretrained_weights: str = "",
+        max_boxes: int = 100,
+        image_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if backbone not in STAGE_CHANNELS:
+            raise SpotdiffError(f"model.backbone: {backbone!r} is not supported; use resnet50 or resnet18")
+        if attention not in ("coam", "noam"):
+            raise SpotdiffError(f"model.attention: {attention!r} is not supported; use coam or noam")
+        if not (isinstance(attention_layers, int) and 1 <= attention_layers <= 3):
+            raise SpotdiffError(f"model.attention_layers: {attention_layers!r} must be 1, 2 or 3")
+        if not (isinstance(max_boxes, int) and max_boxes >= 1):
+            raise SpotdiffError(f"model.max_boxes: {max_boxes!r} must be an integer >= 1")
+        if not (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0):
+            raise SpotdiffError(f"model.image_size: {image_size!r} must be a multiple of 32")
+        self.config: dict[str, Any] = {
+            "backbone": backbone, "attention": attention, "attention_layers": attention_layers,
+            "scse": bool(scse), "image_size": image_size, "pretrained_weights": str(pretrained_weights or ""),
+            "max_boxes": max_boxes,
+        }
+        self.max_boxes = max_boxes
+        self.encoder = ResNetEncoder(backbone, pretrained_weights)
+        channels = list(self.encoder.out_channels)
+        # Deepest first: stage indices 4, 3, 2 (2048@/32, 1024@/16, 512@/8 for ResNet-50).
+        self.attention_levels = [4, 3, 2][:attention_layers]
+        widths = key_widths(backbone)
+        self.attention = nn.ModuleList(
+            CoAttention(channels[lvl], widths[j]) if attention == "coam" else NoAttention()
+            for j, lvl in enumerate(self.attention_levels)
+        )
+        decoder_in = [c * 2 if i in self.attention_levels else c for i, c in enumerate(channels)]
+        self.decoder = UnetDecoder(decoder_in, DECODER_CHANNELS, scse=scse)
+        self.head = CenterNetHead(self.decoder.out_channels, 64)
+        self.normalize_input = bool(pretrained_weights)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_params(cls, model_params: Any) -> "CYWS":
+        """Build from a `spotdiff.params.ModelParams` (or any object/dict with its fields)."""
+        get = (model_params.get if isinstance(model_params, dict)
+               else lambda k, d=None: getattr(model_params, k, d))
+        defaults = {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
+                    "pretrained_weights": "", "max_boxes": 100, "image_size": 256}
+        return cls(**{k: get(k, d) for k, d in defaults.items()})
+
+    # ----------------------------------------------------------------------------- forward
+
+    def _check_images(self, image_a: torch.Tensor, image_b: torch.Tensor) -> None:
+        for name, img in (("image_a", image_a), ("image_b", image_b)):
+            if img.dim() != 4 or img.shape[1] != 3:
+                raise SpotdiffError(f"{name}: expected a B×3×H×W tensor, got shape {tuple(img.shape)}")
+            if img.shape[2] % 32 or img.shape[3] % 32:
+                raise SpotdiffError(f"{name}: height and width must be multiples of 32 "
+                                    f"(got {tuple(img.shape[2:])}); resize the images first")
+        if image_a.shape != image_b.shape:
+            raise SpotdiffError(f"image pair: shapes differ ({tuple(image_a.shape)} vs "
+                                f"{tuple(image_b.shape)}); resize both to the same size")
+
+    def forward(self, image_a: torch.Tensor, image_b: torch.Tensor, return_attention: bool = False):
+        """(out_a, out_b) dicts of heatmap logits B×1×S×S, size B×2×S×S, offset B×2×S×S.
+
+        With `return_attention=True` also returns {"a_to_b", "b_to_a"}: the deepest level's
+        attention, B×h×w×h×w (query position, then the other image's position; sums to 1 over the
+        last two axes), or None for NOAM.
+        """
+        self._check_images(image_a, image_b)
+        bsz = image_a.shape[0]
+        x = torch.cat([image_a, image_b], dim=0)
+        if self.normalize_input:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        feats = self.encoder(x)
+        attn = None
+        for j, (lvl, module) in enumerate(zip(self.attention_levels, self.attention)):
+            fa, fb = feats[lvl][:bsz], feats[lvl][bsz:]
+            oa, ob, att_ab, att_ba = module(fa, fb, return_attention=True)
+            feats[lvl] = torch.cat([oa, ob], dim=0)
+            if j == 0 and att_ab is not None:
+                h, w = fa.shape[2:]
+                attn = {"a_to_b": att_ab.view(bsz, h, w, h, w), "b_to_a": att_ba.view(bsz, h, w, h, w)}
+        out = self.head(self.decoder(feats))
+        out_a = {k: v[:bsz] for k, v in out.items()}
+        out_b = {k: v[bsz:] for k, v in out.items()}
+        if return_attention:
+            return out_a, out_b, attn
+        return out_a, out_b
+
+    @torch.no_grad()
+    def attention_maps(self, image_a: torch.Tensor, image_b: torch.Tensor):
+        """The deepest CoAM attention maps (see `forward`) in eval mode; None for NOAM."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(image_a, image_b, return_attention=True)[2]
+        finally:
+            self.train(was_training)
+
+    # -------------------------------------------------------------------------- loss/predict
+
+    def loss(
+        self,
+        out_a: dict[str, torch.Tensor],
+        out_b: dict[str, torch.Tensor],
+        boxes_a: Sequence[torch.Tensor],
+        boxes_b: Sequence[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Sum over both images of the CenterNet loss (each averaged over its side's objects)."""
+        la, lb = centernet_loss(out_a, boxes_a), centernet_loss(out_b, boxes_b)
+        return {k: la[k] + lb[k] for k in ("loss", "heatmap", "size", "offset")}
+
+    @torch.no_grad()
+    def predict(self, image_a: torch.Tensor, image_b: torch.Tensor):
+        """(dets_a, dets_b): per image (boxes N×4 xyxy at S, scores N), sorted, N ≤ max_boxes.
+
+        Runs in eval mode (the previous train/eval mode is restored afterwards).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out_a, out_b = self.forward(image_a, image_b)
+        finally:
+            self.train(was_training)
+        return decode(out_a, self.max_boxes), decode(out_b, self.max_boxes)
+
+    # ------------------------------------------------------------------------------- sizes
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Trainable parameters per part: encoder, attention, decoder, head, total."""
+        def count(m: nn.Module) -> int:
+            return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+        parts = {"encoder": count(self.encoder), "attention": count(self.attention),
+                 "decoder": count(self.decoder), "head": count(self.head)}
+        parts["total"] = count(self)
+        return parts
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_model(model: CYWS, path: str | Path) -> None:
+    """Write the checkpoint atomically (format "spotdiff-cyws/1", tensors on the CPU)."""
+    from spotdiff.fsutil import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": dict(model.config), "state_dict": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | Path, map_location: Any = "cpu") -> CYWS:
+    """Read a checkpoint written by `save_model` (weights_only); SpotdiffError if it is not one."""
+    path = Path(path)
+    hint = "point to a models/cyws.pt written by `spotdiff train` (or save_model)"
+    if not path.is_file():
+        raise SpotdiffError(f"{path}: model checkpoint not found; {hint}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise SpotdiffError(f"{path}: not a readable spotdiff checkpoint "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise SpotdiffError(f"{path}: not a {FORMAT} checkpoint (format: {found!r}); {hint}")
+    cfg, state = ckpt.get("model"), ckpt.get("state_dict")
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise SpotdiffError(f"{path}: checkpoint lacks its 'model' or 'state_dict' entry; {hint}")
+    unknown = set(cfg) - set(CONFIG_KEYS)
+    if unknown:
+        raise SpotdiffError(f"{path}: unknown model settings {sorted(unknown)}; {hint}")
+    weights = cfg.get("pretrained_weights", "") or ""
+    try:
+        model = CYWS.from_params({**cfg, "pretrained_weights": ""})
+    except SpotdiffError as exc:
+        raise SpotdiffError(f"{path}: bad model settings in the checkpoint ({exc}); {hint}") from exc
+    model.normalize_input = bool(weights)
+    model.config["pretrained_weights"] = str(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SpotdiffError(f"{path}: weights do not fit the model they claim "
+                            f"({str(exc).splitlines()[0]}); {hint}") from exc
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    return model.eval()
