@@ -1,0 +1,353 @@
+"""The `data` stage: embedded generator, COCO 2017 download + selection, params errors, DVC wiring."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from pycocotools.coco import COCO
+
+from spotdiff.cli import main
+from spotdiff.data import coco2017
+from spotdiff.data.embedded import size_class
+from spotdiff.data.source import write_dataset
+from spotdiff.errors import SpotdiffError
+from spotdiff.params import CocoSourceParams, DataParams, load_params, params_from_dict
+
+
+def _write_params(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump({"data": data}))
+    return path
+
+
+# ---------------------------------------------------------------- embedded source
+
+
+def test_embedded_is_deterministic_and_loads_in_pycocotools(tmp_path):
+    params = _write_params(tmp_path / "params.yaml", {"num_images": 12, "seed": 3})
+    assert main(["data", "--params", str(params), "--out", str(tmp_path / "a")]) == 0
+    assert main(["data", "--params", str(params), "--out", str(tmp_path / "b")]) == 0
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "instances.json").read_bytes() == (b / "instances.json").read_bytes()
+    names = sorted(p.name for p in (a / "images").iterdir())
+    assert len(names) == 12
+    for name in names:
+        assert (a / "images" / name).read_bytes() == (b / "images" / name).read_bytes()
+
+    coco = COCO(str(a / "instances.json"))
+    assert len(coco.getImgIds()) == 12
+    ann_ids = coco.getAnnIds()
+    assert len(ann_ids) >= 12 * 2 * 0.6  # min_objects=2, a few may be occluded away
+    for ann in coco.loadAnns(ann_ids):
+        mask = coco.annToMask(ann)
+        img = coco.loadImgs(ann["image_id"])[0]
+        assert mask.shape == (img["height"], img["width"])
+        assert mask.sum() == ann["area"]
+        x, y, w, h = ann["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+
+
+def test_embedded_spans_coco_size_classes_and_different_seeds_differ(tmp_path):
+    summary = write_dataset(DataParams(num_images=24, seed=0), tmp_path / "s0")
+    assert all(summary["by_size"][k] > 0 for k in ("small", "medium", "large")), summary
+    write_dataset(DataParams(num_images=2, seed=1), tmp_path / "s1")
+    first0 = (tmp_path / "s0" / "images" / "000001.png").read_bytes()
+    first1 = (tmp_path / "s1" / "images" / "000001.png").read_bytes()
+    assert first0 != first1
+
+
+def test_embedded_objects_overlap_somewhere(tmp_path):
+    write_dataset(DataParams(num_images=24, seed=0, min_objects=4, max_objects=6), tmp_path / "s")
+    coco = COCO(str(tmp_path / "s" / "instances.json"))
+    overlapping = 0
+    for img_id in coco.getImgIds():
+        boxes = [a["bbox"] for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id))]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                (x1, y1, w1, h1), (x2, y2, w2, h2) = boxes[i], boxes[j]
+                if x1 < x2 + w2 and x2 < x1 + w1 and y1 < y2 + h2 and y2 < y1 + h1:
+                    overlapping += 1
+    assert overlapping > 0
+
+
+def test_failed_run_leaves_previous_dataset_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_dataset(DataParams(num_images=2), out)
+    before = (out / "instances.json").read_bytes()
+
+    from spotdiff.data import embedded
+
+    calls = {"n": 0}
+    real = embedded.generate_scene
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedded, "generate_scene", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(DataParams(num_images=5), out)
+    assert (out / "instances.json").read_bytes() == before
+    assert len(list((out / "images").iterdir())) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+# ---------------------------------------------------------------- params errors
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"num_images": -3}, "data.num_images must be > 0"),
+    ({"source": "flickr"}, "data.source must be one of embedded, coco2017"),
+    ({"num_imagez": 3}, "unknown key data.num_imagez"),
+    ({"num_images": "many"}, "data.num_images must be an integer"),
+    ({"min_objects": 4, "max_objects": 2}, "data.max_objects must be >= min_objects"),
+])
+def test_bad_params_give_one_clear_line_and_exit_2(tmp_path, capsys, data, fragment):
+    params = _write_params(tmp_path / "params.yaml", data)
+    code = main(["data", "--params", str(params), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_params_from_the_console_script(tmp_path, spotdiff_bin):
+    params = _write_params(tmp_path / "params.yaml", {"num_images": -1})
+    proc = subprocess.run([spotdiff_bin, "data", "--params", str(params), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("spotdiff: error: params.yaml: data.num_images")
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_and_broken_params_files(tmp_path):
+    with pytest.raises(SpotdiffError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(SpotdiffError, match="not valid YAML"):
+        load_params(broken)
+
+
+def test_repository_profiles_are_valid(repo_root):
+    load_params(repo_root / "params.yaml")
+    for profile in sorted((repo_root / "profiles").glob("*.yaml")):
+        params_from_dict(yaml.safe_load(profile.read_text()))
+
+
+# ---------------------------------------------------------------- COCO 2017 against a local server
+
+
+def _png(seed: int, w: int = 64, h: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mini_coco(root: Path) -> tuple[Path, Path]:
+    """A COCO 2017-shaped pair of zips: 4 images, objects of several sizes, one crowd region."""
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
+    anns = []
+
+    def ann(aid, image_id, x, y, w, h, crowd=0):
+        poly = [x, y, x + w, y, x + w, y + h, x, y + h]
+        anns.append({"id": aid, "image_id": image_id, "category_id": 1, "segmentation": [poly],
+                     "area": float(w * h), "bbox": [x, y, w, h], "iscrowd": crowd})
+
+    ann(1, 1, 2, 2, 10, 10)       # image 1: two objects
+    ann(2, 1, 20, 20, 8, 8)
+    ann(3, 2, 0, 0, 60, 45)       # image 2: one huge object only (area fraction > 0.5)
+    ann(4, 3, 5, 5, 2, 2)         # image 3: tiny object only (area < 10)
+    ann(5, 4, 5, 5, 12, 12)       # image 4: one object + a crowd region
+    ann(6, 4, 30, 10, 10, 10, crowd=1)
+    instances = {"info": {}, "licenses": [], "images": images, "annotations": anns,
+                 "categories": [{"id": 1, "name": "thing", "supercategory": "x"}]}
+    ann_zip, img_zip = root / "annotations_trainval2017.zip", root / "train2017.zip"
+    with zipfile.ZipFile(ann_zip, "w") as zf:
+        zf.writestr("annotations/instances_train2017.json", json.dumps(instances))
+    with zipfile.ZipFile(img_zip, "w") as zf:
+        for img in images:
+            zf.writestr(f"train2017/{img['file_name']}", _png(img["id"]))
+    return ann_zip, img_zip
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support (as the COCO server has), counting requests."""
+
+    requests: list = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):  # noqa: N802
+        path = Path(self.translate_path(self.path))
+        self.requests.append((self.path, self.headers.get("Range")))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            body = data[start:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def coco_server(tmp_path):
+    root = tmp_path / "server"
+    (root / "zips").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    ann_zip, img_zip = _mini_coco(tmp_path)
+    shutil.move(str(ann_zip), root / "annotations" / ann_zip.name)
+    shutil.move(str(img_zip), root / "zips" / img_zip.name)
+    _RangeHandler.requests = []
+    handler = functools.partial(_RangeHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_coco2017_download_select_extract(tmp_path, coco_server):
+    url, root = coco_server
+    cfg = {"source": "coco2017", "coco": {
+        "base_url": url, "download_dir": str(tmp_path / "dl"),
+        "images_md5": _md5(root / "zips" / "train2017.zip"),
+        "annotations_md5": _md5(root / "annotations" / "annotations_trainval2017.zip"),
+        "min_object_area": 10.0, "max_object_area_fraction": 0.5, "max_images": 10}}
+    params = _write_params(tmp_path / "params.yaml", cfg)
+    assert main(["data", "--params", str(params), "--out", str(tmp_path / "out")]) == 0
+    coco = COCO(str(tmp_path / "out" / "instances.json"))
+    # image 2 (only a too-large object) and 3 (only a too-small one) are not selected; crowd dropped
+    assert sorted(coco.getImgIds()) == [1, 4]
+    assert sorted(coco.getAnnIds()) == [1, 2, 5]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
+        "000000000001.jpg", "000000000004.jpg"]
+    assert (tmp_path / "out" / "images" / "000000000004.jpg").read_bytes() == _png(4)
+
+    # max_images keeps the first images by id
+    cfg["coco"]["max_images"] = 1
+    _write_params(params, cfg)
+    assert main(["data", "--params", str(params), "--out", str(tmp_path / "out1")]) == 0
+    assert COCO(str(tmp_path / "out1" / "instances.json")).getImgIds() == [1]
+
+
+def test_download_resumes_a_partial_file_with_range(tmp_path, coco_server):
+    url, root = coco_server
+    src = root / "zips" / "train2017.zip"
+    dest = tmp_path / "train2017.zip"
+    part = dest.with_name(dest.name + ".part")
+    half = src.read_bytes()[: src.stat().st_size // 2]
+    part.write_bytes(half)
+    coco2017.download(f"{url}/zips/train2017.zip", dest, _md5(src))
+    assert dest.read_bytes() == src.read_bytes()
+    assert not part.exists()
+    assert _RangeHandler.requests[-1][1] == f"bytes={len(half)}-"
+
+
+def test_download_with_wrong_md5_is_not_trusted(tmp_path, coco_server):
+    url, _ = coco_server
+    dest = tmp_path / "a.zip"
+    with pytest.raises(SpotdiffError, match="md5 mismatch"):
+        coco2017.download(f"{url}/zips/train2017.zip", dest, "0" * 32)
+    assert not dest.exists() and not dest.with_name("a.zip.part").exists()
+
+
+def test_download_http_error_is_a_clear_error(tmp_path, coco_server):
+    url, _ = coco_server
+    with pytest.raises(SpotdiffError, match="HTTP 404"):
+        coco2017.download(f"{url}/zips/nothing.zip", tmp_path / "n.zip")
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
+def test_extraction_refuses_paths_escaping_the_target(tmp_path, member):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr(member, "evil")
+    target = tmp_path / "target"
+    with pytest.raises(SpotdiffError, match="would escape"):
+        coco2017.extract_members(archive, target)
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (target / "ok.txt").exists()  # all members are checked before any is written
+
+
+def test_selection_bounds():
+    instances = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.jpg"}],
+                 "annotations": [{"id": i, "image_id": 1, "area": 50.0 * i, "iscrowd": 0} for i in (1, 2, 3)],
+                 "categories": []}
+    out = coco2017.select(instances, CocoSourceParams(min_object_area=60, max_objects_per_image=2))
+    assert [a["id"] for a in out["annotations"]] == [2, 3]
+    out = coco2017.select(instances, CocoSourceParams(max_objects_per_image=2))
+    assert out["images"] == []
+
+
+# ---------------------------------------------------------------- DVC wiring
+
+
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # the stage's `spotdiff` command must be found on PATH, as it is inside the project's venv
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_dvc_repro_then_status_and_param_change(tmp_path, repo_root):
+    work = tmp_path / "proj"
+    work.mkdir()
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    (work / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"data": stages["data"]}}))
+    for dep in stages["data"]["deps"]:
+        (work / dep).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo_root / dep, work / dep)
+    _write_params(work / "params.yaml", {"num_images": 3})
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    assert _dvc(["init", "-q"], work).returncode == 0
+    repro = _dvc(["repro"], work)
+    assert repro.returncode == 0, repro.stderr
+    assert COCO(str(work / "data/source/instances.json")).getImgIds() == [1, 2, 3]
+    status = _dvc(["status"], work)
+    assert "up to date" in status.stdout, status.stdout
+    _write_params(work / "params.yaml", {"num_images": 4})
+    status = _dvc(["status"], work)
+    assert status.stdout.startswith("data:") and "params.yaml" in status.stdout and "modified" in status.stdout
+
+
+def test_size_classes_follow_coco():
+    assert [size_class(a) for a in (32 * 32 - 1, 32 * 32, 96 * 96 - 1, 96 * 96)] == [
+        "small", "medium", "medium", "large"]
