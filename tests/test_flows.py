@@ -1,0 +1,197 @@
+"""The Prefect flow `spotdiff-pipeline` on a tiny DVC project: stages in order, retries, params
+overrides written into params.yaml (and recorded in dvc.lock), and the `spotdiff-eval` artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from flows import pipeline  # noqa: E402
+
+from spotdiff.errors import SpotdiffError  # noqa: E402
+
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _telemetry_off(monkeypatch):
+    for key, value in TELEMETRY_OFF.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """One throw-away Prefect API for the module (the server start is most of the cost)."""
+    import os
+
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+PARAMS = textwrap.dedent("""\
+    # toy params: the flow must keep this comment
+    train:
+      max_epochs: 1   # epochs
+      lr: 0.001
+    register:
+      model_name: toy
+    """)
+
+DVC_YAML = textwrap.dedent("""\
+    stages:
+      data:
+        cmd: python make_data.py
+        deps: [make_data.py]
+        outs: [data/source]
+      train:
+        cmd: python train.py
+        deps: [train.py, data/source]
+        params: [train.max_epochs]
+        outs: [models/train.json]
+      evaluate:
+        cmd: python evaluate.py
+        deps: [evaluate.py, models/train.json]
+        outs: [eval/report.md]
+    """)
+
+# `data` fails on its first attempt (like a dropped download) and succeeds on the retry.
+MAKE_DATA = textwrap.dedent("""\
+    import os, pathlib
+    marker = pathlib.Path("attempts.txt")
+    n = int(marker.read_text()) + 1 if marker.exists() else 1
+    marker.write_text(str(n))
+    if n == 1:
+        raise SystemExit("simulated download failure")
+    os.makedirs("data/source", exist_ok=True)
+    pathlib.Path("data/source/a.txt").write_text("hello")
+    """)
+
+TRAIN = textwrap.dedent("""\
+    import json, os, yaml
+    epochs = yaml.safe_load(open("params.yaml"))["train"]["max_epochs"]
+    os.makedirs("models", exist_ok=True)
+    json.dump({"mlflow_run_id": "0123456789abcdef", "mlflow_experiment_id": "7",
+               "tracking_uri": "http://127.0.0.1:5999", "epochs": epochs}, open("models/train.json", "w"))
+    """)
+
+EVALUATE = textwrap.dedent("""\
+    import json, os
+    epochs = json.load(open("models/train.json"))["epochs"]
+    os.makedirs("eval", exist_ok=True)
+    open("eval/report.md", "w").write(
+        "# Evaluation\\n\\nSome words.\\n\\n## AP@0.5\\n\\n| method | coco_inpainted | kubric |\\n"
+        "|---|---|---|\\n| cyws | 0.%d00 | 0.250 |\\n\\nMore words.\\n" % epochs)
+    """)
+
+
+def _sh(cmd: list[str], cwd: Path) -> str:
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "toy"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(PARAMS)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "make_data.py").write_text(MAKE_DATA)
+    (repo / "train.py").write_text(TRAIN)
+    (repo / "evaluate.py").write_text(EVALUATE)
+    _sh(["git", "init", "-q"], repo)
+    _sh(["git", "config", "user.email", "t@example.com"], repo)
+    _sh(["git", "config", "user.name", "t"], repo)
+    _sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    _sh(["git", "add", "-A"], repo)
+    _sh(["git", "commit", "-q", "-m", "toy"], repo)
+    return repo
+
+
+def test_overrides_round_trip_keeps_comments_and_validates(tmp_path: Path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS)
+    changed = pipeline.apply_overrides(params, {"train.max_epochs": 3, "train.lr": 0.001})
+    assert changed == {"train.max_epochs": [1, 3]}  # lr unchanged
+    text = params.read_text()
+    assert "# toy params: the flow must keep this comment" in text and "# epochs" in text
+    assert yaml.safe_load(text)["train"] == {"max_epochs": 3, "lr": 0.001}
+    before = params.read_text()
+    with pytest.raises(SpotdiffError, match="train.max_epochs"):
+        pipeline.apply_overrides(params, {"train.max_epochs": 0})
+    with pytest.raises(SpotdiffError, match="unknown key train.epochz"):
+        pipeline.apply_overrides(params, {"train.epochz": 2})
+    assert params.read_text() == before  # a rejected override leaves the file as it was
+
+
+def test_ap_tables_are_extracted_with_their_heading():
+    md = "# R\n\ntext\n\n## AP@0.5\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter\n"
+    tables = pipeline._tables(md)
+    assert tables == ["### AP@0.5\n\n| a | b |\n|---|---|\n| 1 | 2 |"]
+
+
+def test_flow_runs_stages_in_order_with_retry_and_publishes_artifact(prefect_api, toy_repo: Path):
+    from prefect.artifacts import Artifact
+
+    result = pipeline.spotdiff_pipeline(overrides={"train.max_epochs": 4},
+                                        stages=["data", "train", "evaluate"], repo=str(toy_repo),
+                                        retry_delay_seconds=0)
+    assert [r["stage"] for r in result["stages"]] == ["data", "train", "evaluate"]
+    assert (toy_repo / "attempts.txt").read_text() == "2"  # first attempt failed, the retry passed
+    assert result["overrides"] == {"train.max_epochs": [1, 4]}
+    # The override is in params.yaml (comments kept) and dvc.lock records the value the stage used.
+    assert "# epochs" in (toy_repo / "params.yaml").read_text()
+    lock = yaml.safe_load((toy_repo / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train.max_epochs"] == 4
+    assert json.loads((toy_repo / "models/train.json").read_text())["epochs"] == 4
+    status = _sh([sys.executable, "-m", "dvc", "status"], toy_repo)
+    assert "up to date" in status.lower() or status.strip() == "", status
+
+    art = Artifact.get(pipeline.ARTIFACT_KEY)
+    assert art is not None and art.type == "markdown"
+    md = art.data
+    assert "| cyws | 0.400 | 0.250 |" in md  # the AP table, with this run's value
+    assert "Some words" not in md  # only the tables, not the prose
+    assert "0123456789abcdef" in md
+    assert "http://127.0.0.1:5999/#/experiments/7/runs/0123456789abcdef" in md
+
+    # Second run: nothing changed, so DVC skips every stage; a new artifact version is published.
+    again = pipeline.spotdiff_pipeline(stages=["evaluate"], repo=str(toy_repo), retry_delay_seconds=0)
+    assert [r["up_to_date"] for r in again["stages"]] == [True], again["stages"]
+    assert (toy_repo / "attempts.txt").read_text() == "2"  # data did not run again
+
+
+def test_failing_stage_fails_the_flow_with_its_output(prefect_api, toy_repo: Path):
+    (toy_repo / "evaluate.py").write_text("raise SystemExit('evaluation exploded')\n")
+    (toy_repo / "attempts.txt").write_text("1")  # data passes first time
+    with pytest.raises(pipeline.PipelineError, match="evaluation exploded"):
+        pipeline.spotdiff_pipeline(stages=["evaluate"], repo=str(toy_repo), retry_delay_seconds=0)
+    assert (toy_repo / "models/train.json").is_file()  # `dvc repro evaluate` ran the stale upstream
+
+
+def test_workspace_lock_refuses_a_second_run(toy_repo: Path):
+    with pipeline.workspace_lock(toy_repo):
+        with pytest.raises(pipeline.PipelineError, match="another pipeline run"):
+            with pipeline.workspace_lock(toy_repo):
+                pass
+    with pipeline.workspace_lock(toy_repo):  # released
+        pass
+
+
+def test_repo_without_dvc_yaml_is_refused(tmp_path: Path):
+    with pytest.raises(pipeline.PipelineError, match="no dvc.yaml"):
+        pipeline.resolve_repo(str(tmp_path))
