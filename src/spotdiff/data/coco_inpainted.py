@@ -241,14 +241,17 @@ class CocoInpainted:
         return annotation_masks(self.annotations(idx), height, width)
 
     def image_size(self, idx: int) -> tuple[int, int]:
-        """(height, width) of the original image."""
-        import cv2
+        """(height, width) of the original image (read from the file header only)."""
+        from PIL import Image
 
         path = self.original_path(idx)
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise SpotdiffError(f"{path}: original image missing or unreadable; check the data set folder")
-        return int(img.shape[0]), int(img.shape[1])
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except (OSError, ValueError):
+            raise SpotdiffError(f"{path}: original image missing or unreadable; check the data set folder "
+                                "or rerun `spotdiff inpaint`") from None
+        return int(height), int(width)
 
     # -- images
     def load_original(self, idx: int) -> np.ndarray:

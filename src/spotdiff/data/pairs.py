@@ -1,0 +1,260 @@
+"""The `pairs` stage: the manifest of training / validation pairs (DESIGN §3), and how a pair is loaded.
+
+A pair is built from one source item of a COCO-Inpainted folder:
+- `inpainted` (probability `p_inpainted`): two distinct images out of {original, its inpainted
+  versions}; the changed objects are the XOR of their removed sets — an object removed in both is
+  not a change, and a pair whose XOR is empty is never emitted;
+- `pasted`: the original and a copy with all annotated objects of another random item (the donor,
+  from the same split) pasted in by mask, after resizing the donor to the recipient's size; which of
+  the two comes first is swapped with p=0.5. The paste itself happens at load time
+  (`load_pair_source`), deterministically from the manifest entry.
+
+Items are split into train / val by source item (a donor is drawn from its recipient's split), so
+no source image appears in both. Every emitted pair has at least one changed object with a
+non-empty mask at the source resolution, so augmentation can always fall back to a boxable pair.
+
+`manifest.json`:
+    {"format": "spotdiff-pairs/1", "inpainted_root": "<path relative to the manifest's folder>",
+     "seed": ..., "splits": {"train": [idx, ...], "val": [...]},
+     "pairs": {"train": [entry, ...], "val": [...]}}
+    entry (inpainted): {"id", "kind": "inpainted", "idx", "removed_a": [...], "removed_b": [...], "changed": [...]}
+    entry (pasted):    {"id", "kind": "pasted", "idx", "donor", "swap": bool, "changed": [donor annotation ids]}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from spotdiff.data.coco_inpainted import CocoInpainted, changed_ids, resize_to
+from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import write_json_atomic
+from spotdiff.params import PairsParams
+
+MANIFEST = "manifest.json"
+PREVIEW = "preview.png"
+FORMAT = "spotdiff-pairs/1"
+
+
+# ---------------------------------------------------------------- loading one pair
+
+
+def resized_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """K×h×w bool masks resized (nearest) to K×height×width."""
+    import cv2
+
+    if masks.shape[1:] == (height, width):
+        return masks
+    out = np.zeros((masks.shape[0], height, width), dtype=bool)
+    for k, m in enumerate(masks):
+        out[k] = cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    return out
+
+
+def paste_objects(recipient: np.ndarray, donor: np.ndarray, donor_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paste all donor objects into the recipient by mask (donor resized to the recipient's size).
+
+    Returns (pasted image, K×H×W masks of the pasted objects in the recipient's frame).
+    """
+    h, w = recipient.shape[:2]
+    donor = resize_to(donor, h, w)
+    masks = resized_masks(donor_masks, h, w)
+    pasted = recipient.copy()
+    union = masks.any(axis=0) if masks.shape[0] else np.zeros((h, w), dtype=bool)
+    pasted[union] = donor[union]
+    return pasted, masks
+
+
+def load_pair_source(entry: dict, dataset: CocoInpainted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two images (H×W×3 uint8, same size) and the K×H×W masks of the changed objects of an entry."""
+    idx = int(entry["idx"])
+    changed = [int(k) for k in entry["changed"]]
+    if entry["kind"] == "inpainted":
+        image_a = dataset.load_removed(idx, entry["removed_a"])
+        image_b = dataset.load_removed(idx, entry["removed_b"])
+        masks = dataset.annotation_masks(idx, *image_a.shape[:2])[changed]
+        return image_a, image_b, masks
+    if entry["kind"] == "pasted":
+        original = dataset.load_original(idx)
+        donor = int(entry["donor"])
+        donor_masks = dataset.annotation_masks(donor)[changed]
+        pasted, masks = paste_objects(original, dataset.load_original(donor), donor_masks)
+        if entry.get("swap"):
+            return pasted, original, masks
+        return original, pasted, masks
+    raise SpotdiffError(f"manifest entry {entry.get('id')}: unknown kind {entry['kind']!r}; rerun `spotdiff pairs`")
+
+
+def read_manifest(path: str | Path) -> tuple[dict, CocoInpainted]:
+    """The manifest dict and a reader of the COCO-Inpainted folder it points to."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpotdiffError(f"{path}: pairs manifest not found; run `spotdiff pairs` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SpotdiffError(f"{path}: not valid JSON ({exc}); rerun `spotdiff pairs`") from None
+    if manifest.get("format") != FORMAT:
+        raise SpotdiffError(f"{path}: format {manifest.get('format')!r} is not {FORMAT}; rerun `spotdiff pairs`")
+    root = Path(manifest["inpainted_root"])
+    if not root.is_absolute():
+        root = path.parent / root
+    return manifest, CocoInpainted(root)
+
+
+# ---------------------------------------------------------------- building the manifest
+
+
+def split_items(indices: list[int], val_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Split source items into (train, val): at least one of each, by whole item."""
+    if len(indices) < 2:
+        raise SpotdiffError(f"the inpainted set has {len(indices)} item(s); a train/val split needs at "
+                            "least 2 — generate more images (data.num_images)")
+    order = [indices[i] for i in rng.permutation(len(indices))]
+    n_val = min(max(1, int(round(val_fraction * len(indices)))), len(indices) - 1)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def inpainted_candidates(removed_sets: list[frozenset], nonempty: set[int]) -> list[tuple[int, int, frozenset]]:
+    """Ordered pairs (i, j) of distinct images whose XOR contains at least one boxable object."""
+    out = []
+    for i, j in itertools.permutations(range(len(removed_sets)), 2):
+        changed = changed_ids(removed_sets[i], removed_sets[j]) & nonempty
+        if changed:
+            out.append((i, j, changed))
+    return out
+
+
+class _ItemInfo:
+    """What the builder needs of one item: its size, removed sets and which objects have non-empty masks."""
+
+    def __init__(self, dataset: CocoInpainted, idx: int):
+        self.idx = idx
+        self.dataset = dataset
+        self.height, self.width = dataset.image_size(idx)
+        masks = dataset.annotation_masks(idx, self.height, self.width)
+        self.nonempty = {k for k in range(masks.shape[0]) if masks[k].any()}
+        self.removed_sets = [frozenset()] + [v.removed for v in dataset.versions(idx)]
+
+    def visible_at(self, height: int, width: int) -> list[int]:
+        """Objects whose mask is still non-empty when resized to height×width (as pasted)."""
+        masks = resized_masks(self.dataset.annotation_masks(self.idx, self.height, self.width), height, width)
+        return [k for k in sorted(self.nonempty) if masks[k].any()]
+
+
+def build_manifest(params: PairsParams, inpainted: str | Path, manifest_dir: str | Path) -> dict:
+    """Draw the train/val pairs of a COCO-Inpainted folder (deterministic given params.seed)."""
+    inpainted, manifest_dir = Path(inpainted), Path(manifest_dir)
+    dataset = CocoInpainted(inpainted)
+    rng = np.random.default_rng([params.seed, 0])
+    train, val = split_items(dataset.indices, params.val_fraction, rng)
+    infos = {idx: _ItemInfo(dataset, idx)
+             for idx in tqdm(dataset.indices, desc="pairs: reading items", unit="item")}
+    pairs: dict[str, list] = {"train": [], "val": []}
+    skipped = 0
+    for split, items in (("train", train), ("val", val)):
+        for idx in tqdm(items, desc=f"pairs: {split}", unit="item"):
+            info = infos[idx]
+            item_rng = np.random.default_rng([params.seed, 1, idx])
+            candidates = inpainted_candidates(info.removed_sets, info.nonempty)
+            donors = [d for d in items if d != idx and infos[d].nonempty]
+            for k in range(params.pairs_per_image):
+                entry = _draw_pair(params, info, infos, candidates, donors, item_rng)
+                if entry is None:
+                    skipped += 1
+                    continue
+                entry = {"id": f"{split}-{idx}-{k}", **entry}
+                pairs[split].append(entry)
+    if not pairs["train"] or not pairs["val"]:
+        raise SpotdiffError(f"{inpainted}: no {'train' if not pairs['train'] else 'val'} pair could be made "
+                            "(no item has a changed object with a non-empty mask); check the inpainted set")
+    try:
+        root = os.path.relpath(inpainted.resolve(), manifest_dir.resolve())
+    except ValueError:  # different drives
+        root = str(inpainted.resolve())
+    return {"format": FORMAT, "inpainted_root": root, "seed": params.seed,
+            "params": {k: v for k, v in asdict(params).items() if k != "augment"},
+            "counts": {"train": len(pairs["train"]), "val": len(pairs["val"]), "skipped": skipped},
+            "splits": {"train": train, "val": val}, "pairs": pairs}
+
+
+def _draw_pair(params: PairsParams, info: _ItemInfo, infos: dict, candidates: list, donors: list,
+               rng: np.random.Generator) -> dict[str, Any] | None:
+    use_inpainted = rng.random() < params.p_inpainted
+    if use_inpainted and not candidates:
+        use_inpainted = False
+    if not use_inpainted:
+        for donor in _shuffled(donors, rng):
+            changed = infos[donor].visible_at(info.height, info.width)
+            if changed:
+                return {"kind": "pasted", "idx": info.idx, "donor": int(donor),
+                        "swap": bool(rng.random() < 0.5), "changed": changed}
+        if not candidates:
+            return None
+    i, j, changed = candidates[int(rng.integers(len(candidates)))]
+    return {"kind": "inpainted", "idx": info.idx, "removed_a": sorted(info.removed_sets[i]),
+            "removed_b": sorted(info.removed_sets[j]), "changed": sorted(changed)}
+
+
+def _shuffled(items: list, rng: np.random.Generator, limit: int = 8) -> list:
+    """Up to `limit` items in random order (enough tries to find a donor with a visible object)."""
+    if not items:
+        return []
+    picks = rng.permutation(len(items))[:limit]
+    return [items[i] for i in picks]
+
+
+# ---------------------------------------------------------------- preview
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4):
+        cv2.rectangle(out, (int(round(x1)), int(round(y1))), (int(round(x2)) - 1, int(round(y2)) - 1), color, 1)
+    return out
+
+
+def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, image_size: int,
+                   augment, seed: int = 0) -> int:
+    """A grid of `count` augmented train pairs (a | b per row) with their boxes; returns rows drawn."""
+    from spotdiff.data.coco_inpainted import write_png_rgb
+    from spotdiff.data.pairs_dataset import PairDataset
+
+    dataset = PairDataset(manifest_path, "train", image_size, augment, seed=seed, deterministic=True)
+    rows = []
+    rng = np.random.default_rng([seed, 2])
+    picks = rng.permutation(len(dataset))[:count] if count else []
+    for i in picks:
+        item = dataset[int(i)]
+        a = (item["image_a"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        b = (item["image_b"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        sep = np.full((image_size, 4, 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([draw_boxes(a, item["boxes_a"].numpy(), (255, 0, 0)), sep,
+                                    draw_boxes(b, item["boxes_b"].numpy(), (255, 0, 0))], axis=1))
+    if not rows:
+        grid = np.full((image_size, 2 * image_size + 4, 3), 255, dtype=np.uint8)
+    else:
+        gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
+        grid = np.concatenate(list(itertools.chain.from_iterable((r, gap) for r in rows))[:-1], axis=0)
+    write_png_rgb(out_path, grid)
+    return len(rows)
+
+
+def run_pairs(params: PairsParams, inpainted: str | Path, out: str | Path, image_size: int) -> dict:
+    """The stage: write `manifest.json` and `preview.png` into `out` (each atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(params, inpainted, out)
+    write_json_atomic(out / MANIFEST, manifest, indent=None)
+    render_preview(out / MANIFEST, out / PREVIEW, params.preview_count, image_size, params.augment,
+                   seed=params.seed)
+    return manifest["counts"]
