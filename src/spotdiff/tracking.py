@@ -92,6 +92,8 @@ def redact_uri(uri: str) -> str:
 def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     """Point MLflow at this repo's store, make sure the experiment exists, select it; return its id.
 
+    The model registry follows the tracking URI (unless MLFLOW_REGISTRY_URI says otherwise).
+
     A new experiment is created with `artifact_location(params)`; an existing one keeps its own.
     A deleted experiment of the same name is restored.
     """
@@ -100,8 +102,7 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(params, root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # (MLflow also exports it as MLFLOW_TRACKING_URI to subprocesses)
     section = _mlflow_section(params)
     name = getattr(section, "experiment", "") or "spotdiff"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
