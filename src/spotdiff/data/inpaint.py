@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,7 +119,9 @@ class LamaInpainter:
                 "e3aa4aaa15225a33ec84f9f4bc47e500), set inpaint.lama_checkpoint, or use inpaint.backend: opencv")
         self.device = resolve_device(device)
         try:
-            self.model = torch.jit.load(str(path), map_location=self.device)
+            with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; big-lama.pt is one
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SpotdiffError(f"{path}: not a TorchScript model ({first}); export LaMa with "

@@ -20,9 +20,9 @@ import numpy as np
 
 from spotdiff.errors import SpotdiffError
 
-# (module, name) pairs a numpy array / scalar pickle needs. numpy 1.x writes `numpy.core.*`,
+# (module, name) pairs a numpy array / scalar pickle needs (`_frombuffer`: pickle protocol 5). numpy 1.x writes `numpy.core.*`,
 # numpy 2.x writes `numpy._core.*`; both are accepted and resolved to the installed numpy.
-_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype"}
+_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
 _NUMPY_MODULES = {"numpy.core.multiarray", "numpy._core.multiarray", "numpy", "numpy.core.numeric",
                   "numpy._core.numeric"}
 # Protocol-2 pickles written by Python 3 encode `bytes` as `_codecs.encode(str, "latin1")`.
@@ -39,10 +39,18 @@ def _numpy_multiarray() -> Any:
     return multiarray
 
 
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    """What numpy's own `_frombuffer` does for protocol-5 pickles, for plain dtypes only."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise ValueError("object dtype in an out-of-band buffer")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
 _mm = _numpy_multiarray()
 # Resolved once: find_class hands out exactly these objects, never anything looked up by name.
 _ALLOWED = {"_reconstruct": _mm._reconstruct, "scalar": _mm.scalar, "ndarray": np.ndarray,
-            "dtype": np.dtype}
+            "dtype": np.dtype, "_frombuffer": _frombuffer}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
