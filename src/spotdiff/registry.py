@@ -150,18 +150,26 @@ def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
 
 
 def git_revision(root: Path) -> dict[str, Any]:
-    """{"commit": sha or None, "dirty": bool or None} for the repo at `root` (None without git)."""
+    """{"commit": sha or None, "dirty": bool or None} for the repo at `root`.
+
+    Without git (e.g. the Docker image, built with no .git) env SPOTDIFF_GIT_COMMIT is used if set.
+    """
+    import os
+
+    fallback = {"commit": os.environ.get("SPOTDIFF_GIT_COMMIT") or None, "dirty": None}
+    if fallback["commit"] == "unknown":
+        fallback["commit"] = None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=20)
         if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return fallback
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                 capture_output=True, text=True, timeout=20)
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return {"commit": sha.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return fallback
 
 
 def _file_md5(path: Path) -> str:

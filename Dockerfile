@@ -1,0 +1,53 @@
+# spotdiff: the DVC pipeline (and the Prefect deployment) in a CUDA PyTorch image.
+#   docker build -t spotdiff --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
+#   docker run --gpus all -v $PWD/dvc-workspace:/app/workspace ... spotdiff          # dvc repro
+# See docs/DOCKER.md. No credentials are baked in: pass AWS_* / MLFLOW_* with `docker run -e`.
+
+# Pick the tag whose torch matches pyproject.toml's pin (torch==2.14.1, CUDA 13 wheels); with another
+# tag pip replaces torch to honour the pin (correct, just a bigger image).
+ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG GIT_COMMIT=unknown
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    DVC_NO_ANALYTICS=1 \
+    DO_NOT_TRACK=1 \
+    SPOTDIFF_GIT_COMMIT=${GIT_COMMIT}
+
+# git: DVC and the registry's provenance tags use it when a repo is mounted; the image itself has no .git.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+
+# Dependencies first (cached layer): the lock file pins the whole set, so pip does not backtrack.
+COPY requirements/constraints.txt requirements/constraints.txt
+COPY pyproject.toml README.md* ./
+COPY src/ src/
+RUN python -m pip install -c requirements/constraints.txt . \
+ && python -c "import spotdiff, torch, mlflow, prefect, dvc; print('spotdiff', torch.__version__)"
+
+# The pipeline definition and the flow. (data/, models/, mlruns/, … are excluded by .dockerignore;
+# outputs come from `dvc pull` or are rebuilt by `dvc repro`.)
+COPY dvc.yaml params.yaml dvc.lock* .dvcignore* ./
+COPY .dvc/config .dvc/config
+COPY flows/ flows/
+
+# No .git in the image: tell DVC (in the image-local config, never the committed one). A mounted
+# git checkout at /app keeps its own .dvc/config.local and is unaffected.
+RUN dvc config --local core.no_scm true \
+ && useradd --create-home --uid 1000 spotdiff \
+ && chown -R spotdiff /app
+USER spotdiff
+
+# Default: reproduce the pipeline (`dvc pull` first when a remote is configured, see docs/DOCKER.md).
+# Alternatives: CMD ["python", "flows/pipeline.py", "serve"]   (Prefect deployment, needs PREFECT_API_URL)
+#               CMD ["python", "flows/pipeline.py", "run"]     (one flow run, ephemeral Prefect API)
+ENTRYPOINT ["dvc"]
+CMD ["repro"]
