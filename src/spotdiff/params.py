@@ -202,9 +202,14 @@ class SsimParams:
     min_area_fraction: float = 0.0005
     max_side: int = 1024
     align: Literal["none", "homography"] = "none"
+    # Otsu never goes below this on the 1-SSIM map (identical or near-identical images box nothing).
+    min_threshold: float = 0.3
+    # Give B's grey levels A's mean and std before SSIM (a global brightness change is not a change).
+    normalize: bool = True
 
     def validate(self, key: str) -> None:
         _check(self.sigma > 0, f"{key}.sigma", "> 0", self.sigma)
+        _check(0 <= self.min_threshold <= 2, f"{key}.min_threshold", "in [0, 2]", self.min_threshold)
         _check(self.threshold == "otsu" or (isinstance(self.threshold, (int, float))
                                             and 0 < float(self.threshold) <= 2),
                f"{key}.threshold", "'otsu' or a number in (0, 2]", self.threshold)

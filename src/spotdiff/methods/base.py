@@ -1,0 +1,184 @@
+"""The Detector interface shared by the pixel-wise and learned methods, and their result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from spotdiff.boxes import box_areas, iou_matrix
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds the changes between two images.
+
+    `detect` takes numpy uint8 H×W×3 RGB images (any sizes) and an optional bool ignore mask in
+    image A's pixels (True = never report), and returns `(boxes_a, scores_a, boxes_b, scores_b)`:
+    float xyxy boxes (N×4, x2/y2 exclusive) in each image's own pixels and their scores, sorted by
+    score, highest first.
+    """
+
+    name: str
+
+    def detect(self, img_a: np.ndarray, img_b: np.ndarray,
+               ignore_mask: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def _as_boxes(b: Any) -> np.ndarray:
+    return np.asarray(b, dtype=np.float64).reshape(-1, 4)
+
+
+def _as_scores(s: Any) -> np.ndarray:
+    return np.asarray(s, dtype=np.float64).reshape(-1)
+
+
+def pair_labels(boxes_a: np.ndarray, boxes_b: np.ndarray, size_a: tuple[int, int],
+                size_b: tuple[int, int], iou_threshold: float = 0.3) -> tuple[list[int], list[int]]:
+    """Number the boxes 1.. so that the same change carries the same number in both images.
+
+    Boxes are compared in normalised coordinates (each image's box divided by its own size), matched
+    greedily by IoU ≥ `iou_threshold`; unmatched boxes get numbers of their own.
+    """
+    a = _as_boxes(boxes_a) / np.array([size_a[0], size_a[1]] * 2, dtype=np.float64)
+    b = _as_boxes(boxes_b) / np.array([size_b[0], size_b[1]] * 2, dtype=np.float64)
+    labels_a = [0] * len(a)
+    labels_b = [0] * len(b)
+    if len(a) and len(b):
+        iou = iou_matrix(a, b)
+        order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
+        for i, j in order:
+            if iou[i, j] < iou_threshold:
+                break
+            if labels_a[i] == 0 and labels_b[j] == 0:
+                labels_a[i] = labels_b[j] = -1 - int(i)  # provisional, renumbered below
+    n = 0
+    for i in range(len(a)):
+        n += 1
+        if labels_a[i] < 0:
+            j = labels_b.index(labels_a[i])
+            labels_b[j] = n
+        labels_a[i] = n
+    for j in range(len(b)):
+        if labels_b[j] == 0:
+            n += 1
+            labels_b[j] = n
+    return labels_a, labels_b
+
+
+@dataclass
+class PairDetections:
+    """Boxes and scores for both images of a pair, in each image's own pixels.
+
+    `paired=True` means box i in A and box i in B are the same change (the pixel-wise method maps
+    one set of regions into both images); `labels_*` are the display numbers (same number = same
+    change). `extras` holds method-specific diagnostics (difference map, homography, notes).
+    """
+
+    boxes_a: np.ndarray
+    scores_a: np.ndarray
+    boxes_b: np.ndarray
+    scores_b: np.ndarray
+    size_a: tuple[int, int]  # (width, height)
+    size_b: tuple[int, int]
+    paired: bool = False
+    labels_a: list[int] = field(default_factory=list)
+    labels_b: list[int] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.boxes_a, self.boxes_b = _as_boxes(self.boxes_a), _as_boxes(self.boxes_b)
+        self.scores_a, self.scores_b = _as_scores(self.scores_a), _as_scores(self.scores_b)
+        if not self.labels_a and not self.labels_b:
+            self.relabel()
+
+    @classmethod
+    def from_tuple(cls, result: tuple, size_a: tuple[int, int], size_b: tuple[int, int],
+                   paired: bool = False, extras: dict | None = None) -> "PairDetections":
+        ba, sa, bb, sb = result
+        return cls(ba, sa, bb, sb, tuple(size_a), tuple(size_b), paired=paired, extras=extras or {})
+
+    def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.boxes_a, self.scores_a, self.boxes_b, self.scores_b
+
+    def relabel(self) -> None:
+        if self.paired and len(self.boxes_a) == len(self.boxes_b):
+            self.labels_a = list(range(1, len(self.boxes_a) + 1))
+            self.labels_b = list(self.labels_a)
+        else:
+            self.labels_a, self.labels_b = pair_labels(self.boxes_a, self.boxes_b, self.size_a, self.size_b)
+
+    def _select(self, keep_a: np.ndarray, keep_b: np.ndarray) -> None:
+        self.boxes_a, self.scores_a = self.boxes_a[keep_a], self.scores_a[keep_a]
+        self.boxes_b, self.scores_b = self.boxes_b[keep_b], self.scores_b[keep_b]
+        self.relabel()
+
+    def filter(self, top_k: int | None = None, min_score: float | None = None) -> "PairDetections":
+        """Keep boxes with score ≥ min_score, then the top_k highest per image (in place; returns self)."""
+        def keep(scores: np.ndarray) -> np.ndarray:
+            idx = np.argsort(-scores, kind="stable")
+            if min_score is not None:
+                idx = idx[scores[idx] >= min_score]
+            if top_k is not None:
+                idx = idx[:top_k]
+            return idx
+
+        if self.paired and len(self.boxes_a) == len(self.boxes_b):
+            k = keep(self.scores_a)
+            self._select(k, k)
+        else:
+            self._select(keep(self.scores_a), keep(self.scores_b))
+        return self
+
+    def drop_ignored(self, ignore_mask: np.ndarray | None, max_fraction: float = 0.5) -> "PairDetections":
+        """Drop boxes of A that lie mostly (> max_fraction) inside the ignore mask (A's pixels).
+
+        For detectors that cannot take a mask themselves; B boxes paired with a dropped A box go too,
+        unpaired B boxes are compared with the mask scaled to B's size.
+        """
+        if ignore_mask is None or not ignore_mask.any():
+            return self
+
+        def inside(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            h, w = ignore_mask.shape
+            sx, sy = w / size[0], h / size[1]
+            out = np.zeros(len(boxes), dtype=bool)
+            for i, (x1, y1, x2, y2) in enumerate(boxes):
+                xa, xb = int(np.floor(x1 * sx)), int(np.ceil(x2 * sx))
+                ya, yb = int(np.floor(y1 * sy)), int(np.ceil(y2 * sy))
+                region = ignore_mask[max(ya, 0):max(yb, 0), max(xa, 0):max(xb, 0)]
+                out[i] = region.size > 0 and region.mean() > max_fraction
+            return out
+
+        drop_a = inside(self.boxes_a, self.size_a)
+        if self.paired and len(self.boxes_a) == len(self.boxes_b):
+            self._select(~drop_a, ~drop_a)
+        else:
+            self._select(~drop_a, ~inside(self.boxes_b, self.size_b))
+        return self
+
+    def image_json(self, which: str, path: str = "") -> dict[str, Any]:
+        boxes, scores, size, labels = ((self.boxes_a, self.scores_a, self.size_a, self.labels_a)
+                                       if which == "a" else
+                                       (self.boxes_b, self.scores_b, self.size_b, self.labels_b))
+        return {
+            "path": str(path),
+            "width": int(size[0]),
+            "height": int(size[1]),
+            "boxes": [[round(float(v), 2) for v in box] for box in boxes],
+            "scores": [round(float(s), 6) for s in scores],
+            "labels": [int(x) for x in labels],
+        }
+
+    def to_json(self, path_a: str = "", path_b: str = "") -> dict[str, Any]:
+        """`{"images": [A, B], "paired": bool}`, each image `{path, width, height, boxes, scores, labels}`."""
+        return {"images": [self.image_json("a", path_a), self.image_json("b", path_b)],
+                "paired": bool(self.paired)}
+
+    def __len__(self) -> int:
+        return max(len(self.boxes_a), len(self.boxes_b))
+
+
+__all__ = ["Detector", "PairDetections", "pair_labels", "box_areas"]
