@@ -23,10 +23,14 @@ def pairs(
 
     # Per-pair augmentation works on small tensors: intra-op threads only contend (10x slower on a busy
     # 2-core machine). Set here, in the command, not in the library the training loop also uses.
-    torch.set_num_threads(1)
     cfg = load_params(params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     start = time.perf_counter()
-    counts = run_pairs(cfg.pairs, inpainted, out, cfg.model.image_size)
+    try:
+        counts = run_pairs(cfg.pairs, inpainted, out, cfg.model.image_size)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     total = counts["train"] + counts["val"]
     typer.echo(f"pairs: {counts['train']} train + {counts['val']} val pairs ({counts['skipped']} not drawable) "

@@ -1,0 +1,142 @@
+"""The pairs stage: XOR changes, the split by source image, pasted pairs, PairDataset, preview."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from coco_fixture import make_coco_source
+from spotdiff.cli import main
+from spotdiff.data.coco_inpainted import CocoInpainted, CocoInpaintedWriter, changed_ids
+from spotdiff.data.inpaint import run_inpaint
+from spotdiff.data.pairs import build_manifest, inpainted_candidates, load_pair_source, split_items
+from spotdiff.data.pairs_dataset import PairDataset, collate_pairs
+from spotdiff.errors import SpotdiffError
+from spotdiff.params import AugmentParams, InpaintParams, PairsParams
+
+
+@pytest.fixture(scope="module")
+def inpainted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    source = make_coco_source(root / "source", num_images=12)
+    run_inpaint(InpaintParams(max_versions=3, dilate_px=2), source, root / "inpainted")
+    return root / "inpainted"
+
+
+@pytest.fixture(scope="module")
+def manifest_path(inpainted):
+    out = inpainted.parent / "pairs"
+    out.mkdir()
+    manifest = build_manifest(PairsParams(val_fraction=0.25, pairs_per_image=3), inpainted, out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out / "manifest.json"
+
+
+def test_xor_an_object_removed_in_both_is_not_a_change():
+    removed = [frozenset(), frozenset({0, 1}), frozenset({1})]
+    pairs = {(i, j): set(c) for i, j, c in inpainted_candidates(removed, nonempty={0, 1, 2})}
+    assert pairs[(1, 2)] == {0} == pairs[(2, 1)]  # object 1 removed in both: not changed
+    assert pairs[(0, 1)] == {0, 1}
+    # A pair whose XOR is empty, or holds only objects with empty masks, is never a candidate.
+    same = inpainted_candidates([frozenset({2}), frozenset({2})], nonempty={0, 1, 2})
+    assert same == []
+    assert inpainted_candidates([frozenset(), frozenset({1})], nonempty={0}) == []
+
+
+def test_manifest_changes_are_the_xor_and_never_empty(manifest_path):
+    manifest = json.loads(manifest_path.read_text())
+    kinds = set()
+    for split in ("train", "val"):
+        for entry in manifest["pairs"][split]:
+            kinds.add(entry["kind"])
+            assert entry["changed"]
+            if entry["kind"] == "inpainted":
+                assert entry["removed_a"] != entry["removed_b"]
+                assert set(entry["changed"]) <= changed_ids(entry["removed_a"], entry["removed_b"])
+                assert not set(entry["changed"]) & (set(entry["removed_a"]) & set(entry["removed_b"]))
+    assert kinds == {"inpainted", "pasted"}
+
+
+def test_split_never_leaks_a_source_image(manifest_path, inpainted):
+    manifest = json.loads(manifest_path.read_text())
+    train, val = set(manifest["splits"]["train"]), set(manifest["splits"]["val"])
+    assert train and val and not train & val
+    assert train | val == set(CocoInpainted(inpainted).indices)
+    for split, items in (("train", train), ("val", val)):
+        for entry in manifest["pairs"][split]:
+            assert entry["idx"] in items
+            if entry["kind"] == "pasted":
+                assert entry["donor"] in items and entry["donor"] != entry["idx"]
+    for n in (2, 3, 40):
+        tr, va = split_items(list(range(n)), 0.05, np.random.default_rng(0))
+        assert len(va) >= 1 and len(tr) >= 1 and not set(tr) & set(va) and len(tr) + len(va) == n
+    with pytest.raises(SpotdiffError, match="at least 2"):
+        split_items([1], 0.05, np.random.default_rng(0))
+
+
+def test_manifest_is_deterministic(inpainted, tmp_path):
+    params = PairsParams(val_fraction=0.25, pairs_per_image=3)
+    assert build_manifest(params, inpainted, tmp_path) == build_manifest(params, inpainted, tmp_path)
+    assert build_manifest(replace(params, seed=1), inpainted, tmp_path) != build_manifest(params, inpainted, tmp_path)
+
+
+def test_pasted_pair_differs_only_inside_the_pasted_masks(manifest_path):
+    manifest = json.loads(manifest_path.read_text())
+    from spotdiff.data.pairs import read_manifest
+
+    _, dataset = read_manifest(manifest_path)
+    pasted = [e for e in manifest["pairs"]["train"] if e["kind"] == "pasted"]
+    for entry in pasted[:3]:
+        a, b, masks = load_pair_source(entry, dataset)
+        assert a.shape == b.shape and masks.shape == (len(entry["changed"]),) + a.shape[:2]
+        differs = (a != b).any(axis=2)
+        assert differs.any() and not (differs & ~masks.any(axis=0)).any()
+        original = dataset.load_original(entry["idx"])
+        assert np.array_equal(b if entry["swap"] else a, original)
+
+
+def test_pair_dataset_items_follow_the_contract(manifest_path):
+    size = 64
+    train = PairDataset(manifest_path, "train", size, AugmentParams(), seed=0)
+    val = PairDataset(manifest_path, "val", size, AugmentParams(), seed=0)
+    for ds in (train, val):
+        for i in range(min(len(ds), 6)):
+            item = ds[i]
+            assert item["image_a"].shape == (3, size, size) == item["image_b"].shape
+            assert item["image_a"].dtype == torch.float32
+            assert 0 <= item["image_a"].min() and item["image_a"].max() <= 1
+            assert item["boxes_a"].dtype == torch.float32 and item["boxes_a"].shape[1] == 4
+            assert len(item["boxes_a"]) == len(item["boxes_b"]) >= 1
+            for boxes in (item["boxes_a"], item["boxes_b"]):
+                assert (boxes[:, 2:] > boxes[:, :2]).all()
+                assert (boxes >= 0).all() and (boxes <= size).all()
+            assert isinstance(item["pair_id"], str)
+    # val: the same item every time; train: a new augmentation each access.
+    assert torch.equal(val[0]["image_a"], val[0]["image_a"])
+    assert not torch.equal(train[0]["image_a"], train[0]["image_a"])
+    batch = collate_pairs([val[0], val[1 % len(val)]])
+    assert batch["image_a"].shape == (2, 3, size, size)
+    assert isinstance(batch["boxes_a"], list) and len(batch["pair_ids"]) == 2
+
+
+def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2},
+                                           "model": {"image_size": 64}}))
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--params", str(params_file), "--inpainted", str(inpainted), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
+    import cv2
+
+    preview = cv2.imread(str(out / "preview.png"))
+    assert preview.shape[1] == 2 * 64 + 4 and preview.shape[0] == 3 * 64 + 2 * 4
+    # A folder the inpaint stage did not finish is refused with one line.
+    broken = tmp_path / "broken"
+    CocoInpaintedWriter(broken)
+    assert main(["pairs", "--params", str(params_file), "--inpainted", str(broken), "--out", str(out)]) == 2
