@@ -228,10 +228,20 @@ class TestsetsParams:
     pairs_per_set: int = 24
     image_size: int = 256
     official_root: str = "data/official"
+    # source: official — the folder URL holding SHA512SUMS and the archives (the authors' cyws data page),
+    # and which archives to fetch (empty = every file listed in SHA512SUMS). Archives are cached in
+    # official_root.
+    official_base_url: str = ""
+    official_archives: tuple = ()
 
     def validate(self, key: str) -> None:
         _check(self.pairs_per_set >= 1, f"{key}.pairs_per_set", ">= 1", self.pairs_per_set)
         _check(self.image_size >= 64, f"{key}.image_size", ">= 64", self.image_size)
+        _check(all(isinstance(a, str) and a for a in self.official_archives), f"{key}.official_archives",
+               "a list of archive file names", list(self.official_archives))
+        _check(self.source != "official" or bool(self.official_base_url), f"{key}.official_base_url",
+               "set (the URL of the folder holding SHA512SUMS) when source is official",
+               self.official_base_url)
 
 
 @dataclass(frozen=True)
