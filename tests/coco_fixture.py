@@ -14,7 +14,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 
-def make_coco_source(root: Path, num_images: int = 6, height: int = 64, width: int = 80, seed: int = 0) -> Path:
+def make_coco_source(root: Path, num_images: int = 6, height: int = 64, width: int = 80,
+                     seed: int = 0) -> Path:
     """Write `root/images/*.png` + `root/instances.json`; returns root."""
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,8 @@ def make_coco_source(root: Path, num_images: int = 6, height: int = 64, width: i
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
                 ys, xs = np.nonzero(mask)
-                bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                bbox = [int(xs.min()), int(ys.min()),
+                        int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
                 area = float(mask.sum())
             annotations.append({"id": ann_id, "image_id": image_id, "category_id": 1 + k % 2,
                                 "segmentation": segmentation, "area": area, "bbox": bbox, "iscrowd": 0})

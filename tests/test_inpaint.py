@@ -182,7 +182,8 @@ def test_lama_backend_with_a_tiny_torchscript_model(tmp_path):
     path = tmp_path / "tiny-lama.pt"
     torch.jit.save(torch.jit.script(_TinyLama()), str(path))
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 200, (37, 45, 3), dtype=np.uint8), rng.integers(0, 200, (30, 50, 3), dtype=np.uint8)]
+    images = [rng.integers(0, 200, (37, 45, 3), dtype=np.uint8),
+              rng.integers(0, 200, (30, 50, 3), dtype=np.uint8)]
     masks = [np.zeros((37, 45), bool), np.zeros((30, 50), bool)]
     masks[0][5:15, 5:20] = True
     masks[1][20:30, 40:50] = True

@@ -82,7 +82,8 @@ def test_split_never_leaks_a_source_image(manifest_path, inpainted):
 def test_manifest_is_deterministic(inpainted, tmp_path):
     params = PairsParams(val_fraction=0.25, pairs_per_image=3)
     assert build_manifest(params, inpainted, tmp_path) == build_manifest(params, inpainted, tmp_path)
-    assert build_manifest(replace(params, seed=1), inpainted, tmp_path) != build_manifest(params, inpainted, tmp_path)
+    first = build_manifest(params, inpainted, tmp_path)
+    assert build_manifest(replace(params, seed=1), inpainted, tmp_path) != first
 
 
 def test_pasted_pair_differs_only_inside_the_pasted_masks(manifest_path):
@@ -129,7 +130,8 @@ def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
     params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2},
                                            "model": {"image_size": 64}}))
     out = tmp_path / "pairs"
-    assert main(["pairs", "--params", str(params_file), "--inpainted", str(inpainted), "--out", str(out)]) == 0
+    args = ["pairs", "--params", str(params_file), "--inpainted", str(inpainted), "--out", str(out)]
+    assert main(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
     import cv2

@@ -49,7 +49,8 @@ def test_identity_keeps_images_and_gives_the_mask_box():
     assert out.boxes_a.tolist() == [[30.0, 40.0, 50.0, 60.0]] == out.boxes_b.tolist()
 
 
-@pytest.mark.parametrize("angle,tx,ty,scale", [(90.0, 5.0, -3.0, 1.2), (30.0, 0.0, 0.0, 0.8), (-17.0, 8.0, 6.0, 1.0)])
+@pytest.mark.parametrize("angle,tx,ty,scale",
+                         [(90.0, 5.0, -3.0, 1.2), (30.0, 0.0, 0.0, 0.8), (-17.0, 8.0, 6.0, 1.0)])
 def test_box_of_a_square_after_a_known_affine_matches_the_analytic_answer(angle, tx, ty, scale):
     aug = PairAugmenter(AugmentParams(), H)
     a, b, masks = _square_pair()
@@ -84,7 +85,8 @@ def test_a_pair_left_with_no_visible_change_is_resampled_not_dropped():
     for seed in range(6):
         out = wild(a, b, masks, rng=np.random.default_rng(seed))
         assert len(out.boxes_a) == len(out.boxes_b) == 1
-        assert (out.boxes_a[:, 2:] > out.boxes_a[:, :2]).all() and (out.boxes_b[:, 2:] > out.boxes_b[:, :2]).all()
+        for boxes in (out.boxes_a, out.boxes_b):
+            assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert 1 <= out.attempts <= 3
 
 

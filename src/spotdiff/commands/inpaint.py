@@ -8,8 +8,10 @@ import typer
 
 
 def inpaint(
-    params: Path = typer.Option(Path("params.yaml"), help="params file; this stage reads its `inpaint` section"),
-    source: Path = typer.Option(Path("data/source"), help="COCO instances dataset (instances.json + images/)"),
+    params: Path = typer.Option(Path("params.yaml"),
+                                help="params file; this stage reads its `inpaint` section"),
+    source: Path = typer.Option(Path("data/source"),
+                                help="COCO instances dataset (instances.json + images/)"),
     out: Path = typer.Option(Path("data/inpainted"), help="output folder (COCO-Inpainted layout)"),
 ) -> None:
     """Make 1..max_versions inpainted versions of every image, each removing a different set of objects.

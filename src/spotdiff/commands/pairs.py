@@ -10,7 +10,8 @@ import typer
 def pairs(
     params: Path = typer.Option(Path("params.yaml"), help="params file; this stage reads `pairs` (and "
                                 "`model.image_size` for the preview)"),
-    inpainted: Path = typer.Option(Path("data/inpainted"), help="COCO-Inpainted folder (the inpaint stage's output)"),
+    inpainted: Path = typer.Option(Path("data/inpainted"),
+                                   help="COCO-Inpainted folder (the inpaint stage's output)"),
     out: Path = typer.Option(Path("data/pairs"), help="output folder (manifest.json + preview.png)"),
 ) -> None:
     """Draw the train/val pairs (split by source image) and draw a preview of augmented pairs with boxes."""
@@ -33,8 +34,9 @@ def pairs(
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     total = counts["train"] + counts["val"]
-    typer.echo(f"pairs: {counts['train']} train + {counts['val']} val pairs ({counts['skipped']} not drawable) "
-               f"-> {out}/manifest.json, preview {out}/preview.png ({seconds:.1f} s, {total / seconds:.0f} pairs/s)")
+    typer.echo(f"pairs: {counts['train']} train + {counts['val']} val pairs "
+               f"({counts['skipped']} not drawable) -> {out}/manifest.json, preview {out}/preview.png "
+               f"({seconds:.1f} s, {total / seconds:.0f} pairs/s)")
 
 
 def register(app: typer.Typer) -> None:

@@ -103,7 +103,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise SpotdiffError(f"{path}: image not found; check the data set folder or rerun the stage that writes it")
+        raise SpotdiffError(f"{path}: image not found; check the data set folder or rerun the stage "
+                            "that writes it")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise SpotdiffError(f"{path}: not a readable image; delete it and rerun the stage that writes it")
@@ -319,7 +320,8 @@ class CocoInpainted:
             raise SpotdiffError(f"{path}: not a plain torch.save'd dict of tensors ({type(exc).__name__}); "
                                 "re-download or regenerate the test set") from None
         if not isinstance(params, dict):
-            raise SpotdiffError(f"{path}: expected a dict {{'aff': ..., 'jit': ...}}; got {type(params).__name__}")
+            raise SpotdiffError(f"{path}: expected a dict {{'aff': ..., 'jit': ...}}; "
+                                f"got {type(params).__name__}")
         return params
 
 

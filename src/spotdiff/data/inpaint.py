@@ -116,7 +116,8 @@ class LamaInpainter:
         if not path.is_file():
             raise SpotdiffError(
                 f"{path}: LaMa TorchScript file not found; put big-lama.pt there (published md5 "
-                "e3aa4aaa15225a33ec84f9f4bc47e500), set inpaint.lama_checkpoint, or use inpaint.backend: opencv")
+                "e3aa4aaa15225a33ec84f9f4bc47e500), set inpaint.lama_checkpoint, or use "
+                "inpaint.backend: opencv")
         self.device = resolve_device(device)
         try:
             with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; big-lama.pt is one
@@ -161,7 +162,8 @@ class LamaInpainter:
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
-            out.extend(self._batch(images[start:start + self.batch_size], masks[start:start + self.batch_size]))
+            stop = start + self.batch_size
+            out.extend(self._batch(images[start:stop], masks[start:stop]))
         return out
 
 

@@ -17,8 +17,10 @@ non-empty mask at the source resolution, so augmentation can always fall back to
     {"format": "spotdiff-pairs/1", "inpainted_root": "<path relative to the manifest's folder>",
      "seed": ..., "splits": {"train": [idx, ...], "val": [...]},
      "pairs": {"train": [entry, ...], "val": [...]}}
-    entry (inpainted): {"id", "kind": "inpainted", "idx", "removed_a": [...], "removed_b": [...], "changed": [...]}
-    entry (pasted):    {"id", "kind": "pasted", "idx", "donor", "swap": bool, "changed": [donor annotation ids]}
+    entry (inpainted): {"id", "kind": "inpainted", "idx", "removed_a": [...], "removed_b": [...],
+                        "changed": [...]}
+    entry (pasted):    {"id", "kind": "pasted", "idx", "donor", "swap": bool,
+                        "changed": [donor annotation ids]}
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def resized_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def paste_objects(recipient: np.ndarray, donor: np.ndarray, donor_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def paste_objects(recipient: np.ndarray, donor: np.ndarray,
+                  donor_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Paste all donor objects into the recipient by mask (donor resized to the recipient's size).
 
     Returns (pasted image, K×H×W masks of the pasted objects in the recipient's frame).
@@ -89,7 +92,8 @@ def load_pair_source(entry: dict, dataset: CocoInpainted) -> tuple[np.ndarray, n
         if entry.get("swap"):
             return pasted, original, masks
         return original, pasted, masks
-    raise SpotdiffError(f"manifest entry {entry.get('id')}: unknown kind {entry['kind']!r}; rerun `spotdiff pairs`")
+    raise SpotdiffError(f"manifest entry {entry.get('id')}: unknown kind {entry['kind']!r}; "
+                        "rerun `spotdiff pairs`")
 
 
 def read_manifest(path: str | Path) -> tuple[dict, CocoInpainted]:
@@ -102,7 +106,8 @@ def read_manifest(path: str | Path) -> tuple[dict, CocoInpainted]:
     except ValueError as exc:
         raise SpotdiffError(f"{path}: not valid JSON ({exc}); rerun `spotdiff pairs`") from None
     if manifest.get("format") != FORMAT:
-        raise SpotdiffError(f"{path}: format {manifest.get('format')!r} is not {FORMAT}; rerun `spotdiff pairs`")
+        raise SpotdiffError(f"{path}: format {manifest.get('format')!r} is not {FORMAT}; "
+                            "rerun `spotdiff pairs`")
     root = Path(manifest["inpainted_root"])
     if not root.is_absolute():
         root = path.parent / root
@@ -112,7 +117,8 @@ def read_manifest(path: str | Path) -> tuple[dict, CocoInpainted]:
 # ---------------------------------------------------------------- building the manifest
 
 
-def split_items(indices: list[int], val_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def split_items(indices: list[int], val_fraction: float,
+                rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """Split source items into (train, val): at least one of each, by whole item."""
     if len(indices) < 2:
         raise SpotdiffError(f"the inpainted set has {len(indices)} item(s); a train/val split needs at "
@@ -122,7 +128,8 @@ def split_items(indices: list[int], val_fraction: float, rng: np.random.Generato
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def inpainted_candidates(removed_sets: list[frozenset], nonempty: set[int]) -> list[tuple[int, int, frozenset]]:
+def inpainted_candidates(removed_sets: list[frozenset],
+                         nonempty: set[int]) -> list[tuple[int, int, frozenset]]:
     """Ordered pairs (i, j) of distinct images whose XOR contains at least one boxable object."""
     out = []
     for i, j in itertools.permutations(range(len(removed_sets)), 2):
@@ -219,7 +226,9 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]
 
     out = np.ascontiguousarray(image.copy())
     for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4):
-        cv2.rectangle(out, (int(round(x1)), int(round(y1))), (int(round(x2)) - 1, int(round(y2)) - 1), color, 1)
+        top_left = (int(round(x1)), int(round(y1)))
+        bottom_right = (int(round(x2)) - 1, int(round(y2)) - 1)  # cv2 corners are inclusive
+        cv2.rectangle(out, top_left, bottom_right, color, 1)
     return out
 
 

@@ -37,7 +37,8 @@ class PairDataset(Dataset):
         self.manifest, self.source = read_manifest(self.manifest_path)
         self.entries: list[dict] = self.manifest["pairs"][split]
         if not self.entries:
-            raise SpotdiffError(f"{self.manifest_path}: the {split} split has no pairs; rerun `spotdiff pairs`")
+            raise SpotdiffError(f"{self.manifest_path}: the {split} split has no pairs; "
+                                "rerun `spotdiff pairs`")
         self.split = split
         self.image_size = int(image_size)
         self.augmenter = PairAugmenter(augment if augment is not None else AugmentParams(), self.image_size)

@@ -20,7 +20,8 @@ import numpy as np
 
 from spotdiff.errors import SpotdiffError
 
-# (module, name) pairs a numpy array / scalar pickle needs (`_frombuffer`: pickle protocol 5). numpy 1.x writes `numpy.core.*`,
+# (module, name) pairs a numpy array / scalar pickle needs (`_frombuffer`: pickle protocol 5).
+# numpy 1.x writes `numpy.core.*`,
 # numpy 2.x writes `numpy._core.*`; both are accepted and resolved to the installed numpy.
 _NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
 _NUMPY_MODULES = {"numpy.core.multiarray", "numpy._core.multiarray", "numpy", "numpy.core.numeric",
@@ -74,10 +75,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def check_plain(obj: Any, source: Path | str, _depth: int = 0) -> None:
     """Raise `SpotdiffError` unless `obj` is built only of plain types (see the module doc)."""
     if _depth > _MAX_DEPTH:
-        raise SpotdiffError(f"{source}: content nested deeper than {_MAX_DEPTH} levels; not the expected data")
+        raise SpotdiffError(f"{source}: content nested deeper than {_MAX_DEPTH} levels; "
+                            "not the expected data")
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, np.generic)):
         if isinstance(obj, np.generic) and obj.dtype.kind not in "biufcUSb?":
-            raise SpotdiffError(f"{source}: unexpected numpy scalar of dtype {obj.dtype}; not the expected data")
+            raise SpotdiffError(f"{source}: unexpected numpy scalar of dtype {obj.dtype}; "
+                                "not the expected data")
         return
     if isinstance(obj, dict):
         for key, value in obj.items():

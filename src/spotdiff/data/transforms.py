@@ -75,7 +75,8 @@ class PairAugmenter:
 
         self.params = params
         self.image_size = int(image_size)
-        self.affine = K.RandomAffine(degrees=params.rotation_deg, translate=(params.translate, params.translate),
+        self.affine = K.RandomAffine(degrees=params.rotation_deg,
+                                     translate=(params.translate, params.translate),
                                      scale=(params.scale_min, params.scale_max), padding_mode="border", p=1.0)
         j = params.jitter
         self.jitter = K.ColorJitter(j, j, j, j, p=1.0)
