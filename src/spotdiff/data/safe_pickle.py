@@ -21,8 +21,7 @@ import numpy as np
 from spotdiff.errors import SpotdiffError
 
 # (module, name) pairs a numpy array / scalar pickle needs (`_frombuffer`: pickle protocol 5).
-# numpy 1.x writes `numpy.core.*`,
-# numpy 2.x writes `numpy._core.*`; both are accepted and resolved to the installed numpy.
+# numpy 1.x writes `numpy.core.*`, numpy 2.x `numpy._core.*`; both resolve to the installed numpy.
 _NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
 _NUMPY_MODULES = {"numpy.core.multiarray", "numpy._core.multiarray", "numpy", "numpy.core.numeric",
                   "numpy._core.numeric"}
