@@ -361,10 +361,13 @@ class SsimDetector:
         if self.align == "homography":
             H, align_used, notes = estimate_homography(ga, gb)
             if align_used != "identity":
+                # replicate, not black: edge pixels must not blend with an invented border
                 gb = cv2.warpPerspective(gb, H, (w, h), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                                         borderMode=cv2.BORDER_REPLICATE)
                 inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (w, h),
-                                             flags=cv2.INTER_NEAREST, borderValue=0)
+                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                             borderValue=0)
+                inside = np.where(inside >= 254, 255, 0).astype(np.uint8)
                 r = int(TRUNCATE * p.sigma + 0.5) + 1
                 inside = cv2.erode(inside, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
                 valid = inside > 0

@@ -1,0 +1,137 @@
+"""`spotdiff detect A B`: box the changes between two images, write annotated PNGs, a panel and JSON.
+
+Everything is validated (paths, images, mask, params, method, model, options, output locations)
+before anything is computed or written; each output file is written atomically. Bad input → one
+line on stderr and exit code 2, and no output files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _writable_location(path: Path, what: str) -> None:
+    """Check that `path` (a file to create) can be written: its nearest existing parent is a
+    writable folder and `path` itself is not a folder."""
+    from spotdiff.errors import SpotdiffError
+
+    if path.is_dir():
+        raise SpotdiffError(f"{path}: {what} is a directory; pass a file name")
+    parent = path.parent
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise SpotdiffError(f"{parent}: is a file, so {path} cannot be created; choose another {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpotdiffError(f"{parent}: not writable; choose another {what} location")
+
+
+def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path]) -> dict[str, Path]:
+    """Where `spotdiff detect` writes: <stem>.boxes.png for A and B, a panel and the JSON report."""
+    from spotdiff.errors import SpotdiffError
+
+    sa, sb = path_a.stem, path_b.stem
+    if sa == sb:
+        name_a, name_b = f"{sa}.a.boxes.png", f"{sb}.b.boxes.png"
+    else:
+        name_a, name_b = f"{sa}.boxes.png", f"{sb}.boxes.png"
+    paths = {
+        "boxes_a": out / name_a,
+        "boxes_b": out / name_b,
+        "panel": out / f"{sa}_vs_{sb}.panel.png",
+        "json": json_path if json_path is not None else out / f"{sa}_vs_{sb}.json",
+    }
+    if out.exists() and not out.is_dir():
+        raise SpotdiffError(f"{out}: --out must be a directory, but this is a file; choose another --out")
+    inputs = {path_a.resolve(), path_b.resolve()}
+    for key, p in paths.items():
+        if p.resolve() in inputs:
+            raise SpotdiffError(f"{p}: output would overwrite an input image; choose another --out/--json")
+        _writable_location(p, "--json" if key == "json" else "--out")
+    return paths
+
+
+def detect(
+    image_a: str = typer.Argument(..., help="First image (PNG, JPEG, WebP, TIFF, ...)."),
+    image_b: str = typer.Argument(..., help="Second image; any size (boxes come back in its own pixels)."),
+    method: str = typer.Option("ssim", "--method", help="ssim (pixel-wise, no training) or cyws (learned)."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="cyws: checkpoint path or registry reference (default models/cyws.pt)."),
+    out: str = typer.Option(".", "--out", help="Folder for <stem>.boxes.png, the panel and (default) the JSON."),
+    json_file: Optional[str] = typer.Option(None, "--json", help="JSON report path (default <out>/<A>_vs_<B>.json)."),
+    top_k: Optional[str] = typer.Option(None, "--top-k", help="Keep at most N boxes per image (highest scores)."),
+    min_score: Optional[str] = typer.Option(None, "--min-score", help="Drop boxes scoring below S."),
+    ignore_mask: Optional[str] = typer.Option(None, "--ignore-mask",
+                                              help="Mask image the size of A; white regions are never reported."),
+    align: Optional[str] = typer.Option(None, "--align",
+                                        help="none or homography (register B onto A first); default: ssim.align."),
+    params_file: Optional[str] = typer.Option(None, "--params",
+                                              help="params.yaml to read (default ./params.yaml, else built-in defaults)."),
+) -> int:
+    """Find what changed between two images and box it in both."""
+    import time
+    import warnings
+
+    from spotdiff.detect import prepare, run
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.fsutil import write_json_atomic
+    from spotdiff.imageio import save_png_atomic
+    from spotdiff.render import draw_boxes, heatmap_overlay, side_by_side
+
+    t0 = time.perf_counter()
+    if params_file is not None and not Path(params_file).is_file():
+        raise SpotdiffError(f"{params_file}: params file not found; check --params")
+    paths = output_paths(Path(image_a), Path(image_b), Path(out), Path(json_file) if json_file else None)
+    req = prepare(image_a, image_b, method=method, model=model, params=params_file, top_k=top_k,
+                  min_score=min_score, ignore_mask=ignore_mask, align=align)
+    with warnings.catch_warnings():  # registration fallbacks come back as notes, printed below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report, dets = run(req, keep_maps=True)
+
+    # ---- everything below only writes
+    ann_a = draw_boxes(req.img_a, dets.boxes_a, dets.labels_a, dets.scores_a)
+    ann_b = draw_boxes(req.img_b, dets.boxes_b, dets.labels_b, dets.scores_b)
+    tiles = [ann_a, ann_b]
+    captions = [f"A: {req.path_a.name}  {req.img_a.shape[1]}x{req.img_a.shape[0]}",
+                f"B: {req.path_b.name}  {req.img_b.shape[1]}x{req.img_b.shape[0]}"]
+    diff = dets.extras.get("diff")
+    if diff is not None:
+        tiles.append(heatmap_overlay(req.img_a, diff, alpha=0.55, vmin=0.0, vmax=1.0,
+                                     mask=dets.extras.get("valid")))
+        captions.append("difference (1 - SSIM) on A")
+    model_txt = f" ({report['model']})" if report["model"] else ""
+    header = (f"spotdiff detect | method {req.method}{model_txt} | {len(dets)} change(s)"
+              + (f" | align {dets.extras['align']}" if "align" in dets.extras else ""))
+    panel = side_by_side(tiles, header=header, captions=captions)
+    report["outputs"] = {k: str(v) for k, v in paths.items()}
+    report["timings"]["write_s"] = 0.0
+    tw = time.perf_counter()
+    save_png_atomic(paths["boxes_a"], ann_a)
+    save_png_atomic(paths["boxes_b"], ann_b)
+    save_png_atomic(paths["panel"], panel)
+    report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
+    report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+    write_json_atomic(paths["json"], report)
+
+    for note in dets.extras.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{len(dets)} change(s) found by {req.method} in {report['timings']['total_s']:.2f} s")
+    for i, (box, score) in enumerate(zip(dets.boxes_a, dets.scores_a)):
+        if i >= 10:
+            typer.echo(f"  ... {len(dets.boxes_a) - 10} more in the JSON")
+            break
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        typer.echo(f"  #{dets.labels_a[i]}  A [{x1}, {y1}, {x2}, {y2}]  score {score:.2f}")
+    for key in ("boxes_a", "boxes_b", "panel", "json"):
+        typer.echo(f"wrote {paths[key]}")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("detect")(detect)

@@ -1,0 +1,217 @@
+"""The user's front door in Python: `detect_pair(path_a, path_b, ...)` → the detection report.
+
+`spotdiff detect` (src/spotdiff/commands/detect.py) is a thin shell over `prepare()` + `run()`
+here: everything that can fail because of the user's input (paths, images, ignore mask, params,
+method, model, options) is checked in `prepare()`, before anything is computed or written.
+
+Report (also the CLI's JSON file):
+
+    {"method": "ssim"|"cyws", "model": REF or null,
+     "images": [{"path", "width", "height", "boxes": [[x1, y1, x2, y2], ...], "scores": [...],
+                 "labels": [...]}, {... image B ...}],
+     "paired": bool,           # box i in A and box i in B are the same change
+     "num_changes": int, "settings": {...}, "diagnostics": {...},
+     "timings": {"load_s", "detect_s", "total_s"}, "spotdiff_version": str}
+
+Boxes are float xyxy (x2/y2 exclusive) in each image's own pixels; the same label in A and B
+marks the same change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spotdiff.errors import SpotdiffError
+from spotdiff.methods.base import PairDetections
+from spotdiff.params import DEFAULT_PARAMS_PATH, Params, SsimParams, load_params
+
+METHODS = ("ssim", "cyws")
+ALIGNS = ("none", "homography")
+DEFAULT_MODEL_REF = "models/cyws.pt"
+
+
+@dataclass
+class Request:
+    """A validated detection request (images already decoded)."""
+
+    path_a: Path
+    path_b: Path
+    img_a: np.ndarray
+    img_b: np.ndarray
+    method: str
+    model: str | None
+    ssim: SsimParams
+    top_k: int | None
+    min_score: float | None
+    ignore_mask: np.ndarray | None
+    ignore_mask_path: Path | None
+    detector: Any
+    load_s: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_params(params: Params | SsimParams | str | Path | None) -> SsimParams:
+    """SsimParams from a Params / SsimParams object, a params.yaml path, or (None) ./params.yaml when
+    it exists, else the defaults."""
+    if isinstance(params, SsimParams):
+        params.validate("ssim")
+        return params
+    if isinstance(params, Params):
+        params.validate()
+        return params.ssim
+    if params is None:
+        return load_params(DEFAULT_PARAMS_PATH).ssim if DEFAULT_PARAMS_PATH.is_file() else Params().ssim
+    return load_params(Path(params)).ssim
+
+
+def parse_top_k(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        k = int(str(value).strip())
+        ok = str(value).strip().lstrip("+").isdigit() or isinstance(value, int)
+    except ValueError:
+        ok = False
+    if not ok or k < 1:
+        raise SpotdiffError(f"--top-k: expected a whole number >= 1, got {value!r}; pass e.g. --top-k 10")
+    return k
+
+
+def parse_min_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        s = float(str(value).strip())
+    except ValueError:
+        s = float("nan")
+    if not math.isfinite(s) or s < 0:
+        raise SpotdiffError(f"--min-score: expected a number >= 0, got {value!r}; pass e.g. --min-score 0.5")
+    return s
+
+
+def _cyws_detector(model: str | None, device: str | None):
+    """The seam to the learned method: `spotdiff.methods.learned.CywsDetector.from_reference(ref)`."""
+    import importlib
+
+    try:  # written separately (the CYWS inference wrapper)
+        learned = importlib.import_module("spotdiff.methods.learned")
+    except ModuleNotFoundError as exc:
+        if exc.name == "spotdiff.methods.learned":
+            raise SpotdiffError(
+                "--method cyws needs a trained model: the learned method (spotdiff.methods.learned) is "
+                "not available in this installation; use --method ssim, or train one (`dvc repro train`) "
+                "with a spotdiff that ships it") from None
+        raise
+    ref = model or DEFAULT_MODEL_REF
+    if model is None and "://" not in ref and not Path(ref).exists():
+        raise SpotdiffError(f"--method cyws needs a trained model: {ref} does not exist; train one "
+                            "(`dvc repro train`) or pass --model PATH_OR_REGISTRY_REF")
+    kwargs = {"device": device} if device else {}
+    try:
+        return learned.CywsDetector.from_reference(ref, **kwargs)
+    except TypeError:
+        if kwargs:
+            return learned.CywsDetector.from_reference(ref)
+        raise
+
+
+def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
+            params: Params | SsimParams | str | Path | None = None, top_k: Any = None,
+            min_score: Any = None, ignore_mask: str | Path | np.ndarray | None = None,
+            align: str | None = None, device: str | None = None, max_pixels: int | None = None) -> Request:
+    """Validate every input and load the images, the mask and the detector; raises SpotdiffError."""
+    from spotdiff.imageio import MAX_PIXELS, load_image, load_mask
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise SpotdiffError(f"--method: unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if align is not None and align not in ALIGNS:
+        raise SpotdiffError(f"--align: unknown value {align!r}; use one of {', '.join(ALIGNS)}")
+    k = parse_top_k(top_k)
+    smin = parse_min_score(min_score)
+    if model is not None and method != "cyws":
+        raise SpotdiffError("--model: only used with --method cyws; drop it or add --method cyws")
+    ssim = resolve_params(params)
+    if align is not None:
+        ssim = dataclasses.replace(ssim, align=align)
+    cap = max_pixels or MAX_PIXELS
+    path_a, path_b = Path(path_a), Path(path_b)
+    img_a = load_image(path_a, max_pixels=cap)
+    img_b = load_image(path_b, max_pixels=cap)
+    mask = None
+    mask_path = None
+    if ignore_mask is not None:
+        size_a = (img_a.shape[1], img_a.shape[0])
+        if isinstance(ignore_mask, np.ndarray):
+            mask = ignore_mask.astype(bool)
+            if mask.shape != (size_a[1], size_a[0]):
+                raise SpotdiffError(f"ignore mask: {mask.shape[1]}×{mask.shape[0]} does not match image A "
+                                    f"({size_a[0]}×{size_a[1]}); make it the size of image A")
+        else:
+            mask_path = Path(ignore_mask)
+            mask = load_mask(mask_path, size_a, max_pixels=cap)
+    if method == "ssim":
+        from spotdiff.methods.pixelwise import SsimDetector
+
+        detector = SsimDetector(ssim, device=device)
+    else:
+        detector = _cyws_detector(model, device)
+    settings: dict[str, Any] = {"top_k": k, "min_score": smin,
+                                "ignore_mask": str(mask_path) if mask_path else (None if mask is None else "array")}
+    if method == "ssim":
+        settings["ssim"] = dataclasses.asdict(ssim)
+    return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,
+                   detector, time.perf_counter() - t0, settings)
+
+
+def run(req: Request, keep_maps: bool = False) -> tuple[dict[str, Any], PairDetections]:
+    """Run the detector of a prepared request → (report dict, PairDetections)."""
+    from spotdiff import __version__
+
+    t0 = time.perf_counter()
+    size_a = (req.img_a.shape[1], req.img_a.shape[0])
+    size_b = (req.img_b.shape[1], req.img_b.shape[0])
+    if req.method == "ssim":
+        dets = req.detector.run(req.img_a, req.img_b, ignore_mask=req.ignore_mask, keep_maps=keep_maps)
+    else:
+        result = req.detector.detect(req.img_a, req.img_b, ignore_mask=req.ignore_mask)
+        dets = PairDetections.from_tuple(result, size_a, size_b, paired=False)
+        dets.drop_ignored(req.ignore_mask)
+    dets.filter(top_k=req.top_k, min_score=req.min_score)
+    detect_s = time.perf_counter() - t0
+    diagnostics = {k: v for k, v in dets.extras.items() if k not in ("diff", "valid")}
+    report: dict[str, Any] = {
+        "method": req.method,
+        "model": (req.model or DEFAULT_MODEL_REF) if req.method == "cyws" else None,
+        **dets.to_json(str(req.path_a), str(req.path_b)),
+        "num_changes": len(dets),
+        "settings": req.settings,
+        "diagnostics": diagnostics,
+        "timings": {"load_s": round(req.load_s, 4), "detect_s": round(detect_s, 4),
+                    "total_s": round(req.load_s + detect_s, 4)},
+        "spotdiff_version": __version__,
+    }
+    return report, dets
+
+
+def detect_pair(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
+                params: Params | SsimParams | str | Path | None = None, top_k: int | None = None,
+                min_score: float | None = None, ignore_mask: str | Path | np.ndarray | None = None,
+                align: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Find the changes between two image files; returns the report (the CLI's JSON, see module doc).
+
+    `params`: Params, SsimParams, a params.yaml path, or None (./params.yaml if present, else the
+    defaults). `align` ("none" | "homography") overrides `ssim.align`. `ignore_mask`: a mask image
+    path or a bool array, the size of image A; white / True regions are never reported.
+    """
+    req = prepare(path_a, path_b, method=method, model=model, params=params, top_k=top_k,
+                  min_score=min_score, ignore_mask=ignore_mask, align=align, device=device)
+    report, _ = run(req)
+    return report

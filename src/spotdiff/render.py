@@ -1,0 +1,145 @@
+"""Drawing for people: numbered boxes, side-by-side panels with a header, heatmap overlays.
+
+All functions take and return numpy uint8 H×W×3 RGB images and never modify their inputs. Line
+widths and font sizes scale with the image, so the drawings stay readable from thumbnails to
+multi-megapixel photos. The same number on a box in A and in B means the same change.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# Distinct, colour-blind-friendly-ish colours (Okabe–Ito + extras); box k gets PALETTE[(k-1) % n].
+PALETTE = [
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+    (213, 94, 0), (204, 121, 167), (255, 0, 0), (0, 255, 255), (255, 0, 255),
+]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=max(8, int(size)))
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def _scale(img: np.ndarray) -> float:
+    """Drawing scale: 1.0 for a ~500-px image, proportional to the longer side."""
+    return max(img.shape[0], img.shape[1]) / 500.0
+
+
+def color_for(label: int) -> tuple[int, int, int]:
+    return PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence[int] | None = None,
+               scores: Sequence[float] | None = None, color: tuple[int, int, int] | None = None,
+               show_scores: bool = True) -> np.ndarray:
+    """Draw xyxy boxes with a numbered tag each (label k, or 1..N); returns a new image."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = list(labels) if labels is not None else list(range(1, len(boxes) + 1))
+    s = _scale(image)
+    width = max(2, round(2.5 * s))
+    font = _font(max(12, round(16 * s)))
+    draw = ImageDraw.Draw(img)
+    W, H = img.size
+    for i, box in enumerate(boxes):
+        label = labels[i]
+        col = color or color_for(label)
+        x1, y1, x2, y2 = box
+        x1, y1 = max(0.0, x1), max(0.0, y1)
+        x2, y2 = min(float(W), x2), min(float(H), y2)
+        # dark outline under the coloured box keeps it visible on bright and dark backgrounds
+        draw.rectangle([x1 - 1, y1 - 1, x2, y2], outline=(0, 0, 0), width=width + 2)
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=col, width=width)
+        text = str(label)
+        if show_scores and scores is not None and i < len(scores):
+            text += f" {float(scores[i]):.2f}"
+        tb = draw.textbbox((0, 0), text, font=font)
+        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        pad = max(2, round(2 * s))
+        tx = min(max(0.0, x1), W - tw - 2 * pad)
+        ty = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else min(y1 + width, H - th - 2 * pad)
+        draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=col)
+        draw.text((tx + pad - tb[0], ty + pad - tb[1]), text, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def _fit_height(img: np.ndarray, height: int) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    if h == height:
+        return img
+    new_w = max(1, round(w * height / h))
+    return cv2.resize(img, (new_w, height), interpolation=cv2.INTER_AREA if height < h else cv2.INTER_LINEAR)
+
+
+def side_by_side(images: Sequence[np.ndarray], header: str = "", captions: Sequence[str] | None = None,
+                 max_height: int = 1024, gap: int = 8) -> np.ndarray:
+    """Place images next to each other at one height (≤ max_height), captions under a header line."""
+    from PIL import Image, ImageDraw
+
+    height = min(max_height, max(im.shape[0] for im in images))
+    height = max(height, 64)
+    tiles = [_fit_height(np.ascontiguousarray(im, dtype=np.uint8), height) for im in images]
+    total_w = sum(t.shape[1] for t in tiles) + gap * (len(tiles) + 1)
+    s = max(0.6, height / 500.0)
+    font = _font(max(12, round(16 * s)))
+    line_h = round(font.size * 1.5) if hasattr(font, "size") else 16
+    header_lines = [ln for ln in header.splitlines() if ln] if header else []
+    top = gap + line_h * len(header_lines) + (line_h if captions else 0) + (gap if header_lines or captions else 0)
+    canvas = Image.new("RGB", (total_w, top + height + gap), (32, 32, 32))
+    draw = ImageDraw.Draw(canvas)
+    y = gap
+    for ln in header_lines:
+        draw.text((gap, y), _ellipsize(draw, ln, font, total_w - 2 * gap), fill=(255, 255, 255), font=font)
+        y += line_h
+    x = gap
+    for i, t in enumerate(tiles):
+        if captions and i < len(captions):
+            draw.text((x, y), _ellipsize(draw, captions[i], font, t.shape[1]), fill=(200, 200, 200), font=font)
+        canvas.paste(Image.fromarray(t), (x, top))
+        x += t.shape[1] + gap
+    return np.asarray(canvas)
+
+
+def _ellipsize(draw, text: str, font, max_w: int) -> str:
+    if draw.textlength(text, font=font) <= max_w:
+        return text
+    while len(text) > 4 and draw.textlength("..." + text, font=font) > max_w:
+        text = text[1:]
+    return "..." + text  # ASCII: the default font has no ellipsis glyph
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, vmin: float | None = None,
+                    vmax: float | None = None, colormap: int | None = None,
+                    mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend a colour-mapped H'×W' map (difference or attention) over an image; any sizes.
+
+    Values are scaled from [vmin, vmax] (default: the map's min and max) to the colormap (OpenCV
+    JET by default); where `mask` (same size as `heat`) is False the image shows through unchanged.
+    """
+    import cv2
+
+    img = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = img.shape[:2]
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    lo = float(heat.min()) if vmin is None else float(vmin)
+    hi = float(heat.max()) if vmax is None else float(vmax)
+    norm = np.clip((heat - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    norm = cv2.resize(norm, (w, h), interpolation=cv2.INTER_LINEAR)
+    coloured = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET if colormap is None else colormap)
+    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+    out = cv2.addWeighted(img, 1.0 - alpha, coloured, alpha, 0.0)
+    if mask is not None:
+        m = cv2.resize(np.asarray(mask, dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        out = np.where(m[..., None], out, img)
+    return out
