@@ -68,6 +68,9 @@ class _Layer:
 
 def _make_layer(rng: np.random.Generator, bg: np.ndarray, size: tuple[int, int] | None = None) -> _Layer:
     canvas = bg.copy()
+    if size is None:  # our own size draw: embedded's assumes images of at least ~128 px
+        size = _target_size(rng, str(rng.choice(["small", "medium", "large"], p=[0.35, 0.4, 0.25])),
+                            min(bg.shape[:2]))
     mask = paste_random_object(rng, canvas, size=size)
     return _Layer(mask, canvas[mask])
 
