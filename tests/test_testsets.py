@@ -248,6 +248,15 @@ def test_coco_inpainted_reader_plain_and_augmented(tmp_path):
     assert pair.boxes_b.tolist() == [[20, 10, 30, 20]]
     assert pair.image_a[15, 33].tolist() == [250] * 3
 
+    legacy = identity_params(40, 50)  # older kornia: shears named sx / sy, no batch_prob
+    legacy["aff"]["sx"] = legacy["aff"].pop("shear_x")
+    legacy["aff"]["sy"] = legacy["aff"].pop("shear_y")
+    for part in ("aff", "jit"):
+        del legacy[part]["batch_prob"]
+    legacy["aff"]["translations"] = torch.tensor([[6.0, 0.0]])
+    make_coco_inpainted(tmp_path / "legacy", {"original": legacy, "inpainted": identity_params(40, 50)})
+    assert open_testset(tmp_path / "legacy")[0].boxes_a.tolist() == [[26, 10, 36, 20]]
+
     make_coco_inpainted(tmp_path / "bad", {"original": {"aff": {}, "jit": {}}, "inpainted": {"aff": {}, "jit": {}}})
     with pytest.raises(SpotdiffError, match=r"3\.params"):
         open_testset(tmp_path / "bad")[0]

@@ -296,6 +296,28 @@ class KubricChange(TestSet):
 # ---------------------------------------------------------------- COCO-Inpainted (test subsets)
 
 
+def _compat_params(params: dict | None) -> dict | None:
+    """Normalise stored kornia parameter dicts across kornia versions: older releases (as used for the
+    published sets) named the affine shears `sx`/`sy` and may lack `batch_prob`."""
+    if params is None:
+        return None
+    import torch
+
+    out = {}
+    for part in ("aff", "jit"):
+        d = dict(params.get(part) or {})
+        if part == "aff":
+            for old, new in (("sx", "shear_x"), ("sy", "shear_y")):
+                if old in d and new not in d:
+                    d[new] = d.pop(old)
+        if d and "batch_prob" not in d:
+            first = next(iter(d.values()))
+            n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else 1
+            d["batch_prob"] = torch.ones(n)
+        out[part] = d
+    return out
+
+
 class CocoInpaintedTest(TestSet):
     kind = "coco_inpainted"
 
@@ -329,7 +351,7 @@ class CocoInpaintedTest(TestSet):
         image_b = ds.load_inpainted(version)
         h, w = image_a.shape[:2]
         masks = ds.annotation_masks(idx, h, w)[sorted(version.removed)]
-        params = (ds.test_augmentation(idx, "original"), ds.test_augmentation(idx, "inpainted"))
+        params = tuple(_compat_params(ds.test_augmentation(idx, kind)) for kind in ("original", "inpainted"))
         if self.apply_augmentation and params[0] is not None and params[1] is not None:
             image_a, image_b, boxes_a, boxes_b = self._replay(image_a, image_b, masks, params, idx)
         else:
