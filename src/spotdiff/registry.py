@@ -66,6 +66,8 @@ def _as_list(x: Any) -> list:
     return np.asarray(x, dtype=np.float64).tolist()
 
 
+# No type hints on `predict`: the input (a dict of two uint8 tensors) is validated by the TensorSpec
+# signature given at logging; MLflow's type-hint validation has no form for it (it warns once).
 class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
     """MLflow pyfunc wrapper: loads the logged checkpoint and runs `CywsDetector` on an image pair."""
 

@@ -1,0 +1,296 @@
+"""The model's life in MLflow: `register` logs a real (tiny, untrained) CYWS checkpoint as a pyfunc into
+its training run, registers versions with challenger/champion aliases by the champion rule, `promote`
+moves an alias by hand, and the registered model loads (and serves) and returns boxes for two images."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spotdiff.errors import SpotdiffError
+from spotdiff.registry import decide, flatten_metrics
+
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+MODEL_NAME = "spotdiff-test"
+METRIC = "cyws/coco_inpainted/all/ap50"
+PARAMS = f"""\
+register:
+  model_name: {MODEL_NAME}
+  primary_metric: {METRIC}
+  promote_margin: 0.01
+mlflow:
+  experiment: registry-test
+"""
+
+
+def _has_detector() -> bool:
+    try:
+        import spotdiff.methods.learned  # noqa: F401
+        import spotdiff.models.cyws  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_detector = pytest.mark.skipif(not _has_detector(),
+                                    reason="spotdiff.methods.learned (CywsDetector) not present yet")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch):
+    """A repo folder with params.yaml, a fresh SQLite MLflow store, and a finished 'training' run."""
+    import mlflow
+
+    for key, value in TELEMETRY_OFF.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SPOTDIFF_GIT_COMMIT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    from spotdiff.params import load_params
+    from spotdiff.tracking import setup_mlflow
+
+    params = load_params(tmp_path / "params.yaml")
+    setup_mlflow(params)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("train/loss", 1.0)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "train.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    try:
+        yield {"root": tmp_path, "params": params, "run_id": run.info.run_id}
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _write_metrics(root: Path, ap50: float) -> Path:
+    path = root / "eval" / "metrics.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": ap50, "n": 24}},
+                                         "kubric": {"all": {"ap50": 0.1}}},
+                                "ssim": {"coco_inpainted": {"all": {"ap50": 0.05}}}}))
+    return path
+
+
+def _write_model(root: Path) -> Path:
+    import torch
+
+    from spotdiff.models.cyws import CYWS, save_model
+
+    torch.manual_seed(0)
+    model = CYWS(backbone="resnet18", attention="coam", attention_layers=1, scse=False, image_size=64,
+                 max_boxes=10)
+    path = root / "models" / "cyws.pt"
+    save_model(model, path)
+    return path
+
+
+def _register(ws: dict, ap50: float) -> dict:
+    from spotdiff.registry import register_checkpoint
+
+    root = ws["root"]
+    model = root / "models" / "cyws.pt"
+    if not model.exists():
+        _write_model(root)
+    return register_checkpoint(ws["params"], model, root / "models/train.json", _write_metrics(root, ap50),
+                               root / "registry/registration.json")
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def test_flatten_metrics_keeps_numeric_leaves_only():
+    flat = flatten_metrics({"cyws": {"coco": {"all": {"ap50": 0.4, "n": 3, "ok": True, "name": "x",
+                                                     "bad": float("nan")}}}})
+    assert flat == {"cyws/coco/all/ap50": 0.4, "cyws/coco/all/n": 3.0}
+
+
+def test_champion_rule():
+    assert decide(0.3, None, 0.0, 0.0, "m")[0] is True
+    assert decide(0.3, None, 0.0, 0.5, "m")[0] is False  # below the floor, even with no champion
+    champ = {"version": 1, "value": 0.30}
+    assert decide(0.32, champ, 0.01, 0.0, "m")[0] is True
+    ok, why = decide(0.305, champ, 0.01, 0.0, "m")
+    assert ok is False and "margin 0.0100" in why
+    assert decide(0.30, champ, 0.0, 0.0, "m")[0] is False  # a tie does not move the champion
+    ok, why = decide(0.9, {"version": 4, "value": None}, 0.0, 0.0, "m")
+    assert ok is False and "version 4" in why
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def test_register_reports_missing_inputs_clearly(workspace):
+    from spotdiff.registry import register_checkpoint
+
+    root, params = workspace["root"], workspace["params"]
+    out = root / "registry/registration.json"
+    metrics = _write_metrics(root, 0.2)
+    with pytest.raises(SpotdiffError, match="trained model not found"):
+        register_checkpoint(params, root / "models/nope.pt", root / "models/train.json", metrics, out)
+    model = root / "models" / "cyws.pt"
+    model.write_bytes(b"not used before the checks")
+    with pytest.raises(SpotdiffError, match="training summary not found"):
+        register_checkpoint(params, model, root / "models/none.json", metrics, out)
+    (root / "models/bad.json").write_text("{}")
+    with pytest.raises(SpotdiffError, match="no mlflow_run_id"):
+        register_checkpoint(params, model, root / "models/bad.json", metrics, out)
+    with pytest.raises(SpotdiffError, match="evaluation metrics not found"):
+        register_checkpoint(params, model, root / "models/train.json", root / "eval/none.json", out)
+    (root / "eval/other.json").write_text(json.dumps({"ssim": {"x": 1.0}}))
+    with pytest.raises(SpotdiffError, match="no metric cyws/coco_inpainted/all/ap50"):
+        register_checkpoint(params, model, root / "models/train.json", root / "eval/other.json", out)
+    (root / "models/ghost.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
+    with pytest.raises(SpotdiffError, match="is not in the tracking store"):
+        register_checkpoint(params, model, root / "models/ghost.json", metrics, out)
+    assert not out.exists()
+
+
+def test_promote_rejects_unknown_version(workspace):
+    from spotdiff.registry import promote_version
+
+    with pytest.raises(SpotdiffError, match="version 7: not in the registry"):
+        promote_version(workspace["params"], "7")
+    with pytest.raises(SpotdiffError, match="not a model version number"):
+        promote_version(workspace["params"], "v1")
+
+
+# ---------------------------------------------------------------- the model's life
+
+
+@needs_detector
+def test_register_promote_and_predict(workspace):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.cli import main
+
+    root, run_id = workspace["root"], workspace["run_id"]
+    # The model's md5 comes from dvc.lock when the train stage recorded it there.
+    model_path = _write_model(root)
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: spotdiff train\n"
+                                   "    outs:\n    - path: models/cyws.pt\n      md5: 0123456789abcdef0123456789abcdef\n"
+                                   "      size: 1\n")
+    first = _register(workspace, 0.30)
+    assert first["version"] == 1 and first["decision"] == "promoted"
+    assert first["aliases"] == ["challenger", "champion"] and first["champion_before"] is None
+    assert first["model_md5"] == {"md5": "0123456789abcdef0123456789abcdef", "source": "dvc.lock",
+                                  "stage": "train"}
+    saved = json.loads((root / "registry/registration.json").read_text())
+    assert saved["version"] == 1 and saved["mlflow_run_id"] == run_id
+
+    client = MlflowClient()
+    mv = client.get_model_version(MODEL_NAME, "1")
+    assert mv.run_id == run_id  # registered from the training run
+    assert mv.tags[f"metric.{METRIC}"] == "0.3"
+    assert mv.tags["dvc_model_md5"] == "0123456789abcdef0123456789abcdef"
+    assert "git_commit" in mv.tags and "git_dirty" in mv.tags
+    assert not mv.current_stage or mv.current_stage == "None"  # aliases only, no stages
+    run = client.get_run(run_id)
+    assert run.data.metrics[METRIC] == pytest.approx(0.30)  # one run: training + eval metrics
+    assert run.data.metrics["train/loss"] == pytest.approx(1.0)
+
+    (root / "dvc.lock").unlink()
+    second = _register(workspace, 0.305)  # not better by more than the 0.01 margin
+    assert second["version"] == 2 and second["decision"] == "kept"
+    assert second["champion_before"]["version"] == 1 and second["champion_after"] == 1
+    assert "margin" in second["reason"]
+    assert second["model_md5"]["source"] == "file"
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"
+    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == "2"
+
+    third = _register(workspace, 0.40)
+    assert third["version"] == 3 and third["decision"] == "promoted"
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "3"
+
+    # By hand, through the CLI: champion back to version 2; an unknown version is a clear error.
+    assert main(["promote", "2", "--params", str(root / "params.yaml")]) == 0
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+    assert main(["promote", "9", "--params", str(root / "params.yaml")]) == 2
+
+    # The champion loads as a pyfunc and finds boxes in each image's own pixels (different sizes).
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    rng = np.random.default_rng(0)
+    img_a = rng.integers(0, 255, size=(70, 90, 3), dtype=np.uint8)
+    img_b = img_a.copy()
+    img_b[10:40, 20:60] = 255
+    out = model.predict({"image_a": img_a, "image_b": img_b[:, :80]})
+    assert set(out) == {"boxes_a", "scores_a", "boxes_b", "scores_b"}
+    boxes_a, scores_a = np.asarray(out["boxes_a"]), np.asarray(out["scores_a"])
+    assert 1 <= len(boxes_a) <= 10 and boxes_a.shape[1] == 4 and len(scores_a) == len(boxes_a)
+    assert np.all(np.diff(scores_a) <= 1e-9)  # sorted by score
+    assert boxes_a[:, [0, 2]].max() <= 90 + 1e-6 and boxes_a[:, [1, 3]].max() <= 70 + 1e-6
+    boxes_b = np.asarray(out["boxes_b"])
+    assert len(boxes_b) == 0 or boxes_b[:, [0, 2]].max() <= 80 + 1e-6
+    assert model_path.exists()
+
+
+# ---------------------------------------------------------------- serving over HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_detector
+@pytest.mark.slow
+def test_served_champion_answers_with_boxes(workspace):
+    import mlflow
+
+    record = _register(workspace, 0.3)
+    assert "champion" in record["aliases"]
+    port = _free_port()
+    env = os.environ.copy()
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = workspace["root"] / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=workspace["root"], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            assert proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server not up in 120 s: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        img = np.full((48, 64, 3), 80, dtype=np.uint8)
+        changed = img.copy()
+        changed[8:24, 16:40] = 250
+        body = json.dumps({"inputs": {"image_a": img.tolist(), "image_b": changed.tolist()}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())
+        pred = answer["predictions"]
+        assert set(pred) == {"boxes_a", "scores_a", "boxes_b", "scores_b"}
+        assert len(pred["boxes_a"]) >= 1 and all(len(b) == 4 for b in pred["boxes_a"])
+        assert len(pred["scores_a"]) == len(pred["boxes_a"])
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
