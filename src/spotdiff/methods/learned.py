@@ -1,0 +1,121 @@
+"""The learned method behind the Detector interface: CYWS on a pair of images of any size.
+
+Both images are resized to the model's square input, run as one batch, and the boxes are mapped
+back into each image's own pixels. `detect` returns every decoded box (up to the model's
+`max_boxes`, no suppression — the evaluation protocol); `suppress` is for display (top-k after
+NMS). `from_reference` accepts a checkpoint path, an MLflow registry reference
+(`models:/spotdiff@champion`, `models:/spotdiff/3`) or a run reference (`runs:/<id>/model`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from spotdiff.boxes import scale_boxes
+from spotdiff.errors import SpotdiffError
+from spotdiff.models.cyws import CYWS, load_model
+
+
+def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    resized = [cv2.resize(np.ascontiguousarray(img[..., :3]), (size, size), interpolation=cv2.INTER_AREA)
+               for img in images]
+    batch = torch.from_numpy(np.stack(resized)).to(device)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _resolve_checkpoint(ref: str) -> Path:
+    """A local .pt for `ref`: the path itself, or the checkpoint inside an MLflow model/run artifact."""
+    if "://" not in ref:
+        return Path(ref)
+    if not ref.startswith(("models:/", "runs:/")):
+        raise SpotdiffError(f"--model {ref}: unknown reference; give a checkpoint path, "
+                            "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH")
+    import mlflow
+
+    from spotdiff import tracking
+
+    uri = tracking.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+    except Exception as exc:  # unknown model / alias / run, unreachable store
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpotdiffError(f"--model {ref}: cannot load it from MLflow at {tracking.redact_uri(uri)} "
+                            f"({first}); check the name/alias (`mlflow models` / the MLflow UI) or "
+                            "MLFLOW_TRACKING_URI") from None
+    if local.is_file():
+        return local
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise SpotdiffError(f"--model {ref}: the MLflow artifact holds no .pt checkpoint")
+    return found[0]
+
+
+class CywsDetector:
+    """The learned change detector (see the module docstring)."""
+
+    name = "cyws"
+
+    def __init__(self, model: CYWS, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.size = int(model.config["image_size"])
+
+    @classmethod
+    def from_reference(cls, ref: str | Path, device: str | None = None) -> "CywsDetector":
+        return cls(load_model(_resolve_checkpoint(str(ref))), device=device)
+
+    @torch.no_grad()
+    def detect_batch(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Detect on many pairs in one forward pass; boxes in each image's own pixels."""
+        if len(images_a) != len(images_b):
+            raise ValueError("detect_batch: as many A images as B images are needed")
+        if not images_a:
+            return []
+        batch_a = _to_input(images_a, self.size, self.device)
+        batch_b = _to_input(images_b, self.size, self.device)
+        dets_a, dets_b = self.model.predict(batch_a, batch_b)
+        results = []
+        for img_a, img_b, (ba, sa), (bb, sb) in zip(images_a, images_b, dets_a, dets_b):
+            (ha, wa), (hb, wb) = img_a.shape[:2], img_b.shape[:2]
+            results.append((
+                scale_boxes(ba.float().cpu().numpy(), wa / self.size, ha / self.size),
+                sa.float().cpu().numpy().astype(np.float64),
+                scale_boxes(bb.float().cpu().numpy(), wb / self.size, hb / self.size),
+                sb.float().cpu().numpy().astype(np.float64),
+            ))
+        return results
+
+    def detect(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        boxes_a, scores_a, boxes_b, scores_b = self.detect_batch([img_a], [img_b])[0]
+        if ignore_mask is not None:  # drop boxes of A whose centre falls in the ignored area
+            keep = _outside_mask(boxes_a, ignore_mask)
+            boxes_a, scores_a = boxes_a[keep], scores_a[keep]
+        return boxes_a, scores_a, boxes_b, scores_b
+
+
+def _outside_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    h, w = mask.shape[:2]
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
+    return ~mask[cy, cx].astype(bool)
+
+
+def suppress(boxes: np.ndarray, scores: np.ndarray, top_k: int = 5, iou: float = 0.3
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k boxes after non-maximum suppression, for display (the paper's Fig. 4 shows top 5)."""
+    from torchvision.ops import nms
+
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4), scores.reshape(0)
+    keep = nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32), iou)
+    keep = keep[:top_k].numpy()
+    return boxes[keep], scores[keep]
