@@ -76,7 +76,8 @@ def main() -> int:
         "max_abs_curve_diff": curve_diff, "equal_to_1e-6": bool(equal),
         "seconds_vectorised_best_of": t_vec, "repeats_vectorised": args.repeats,
         "seconds_loop": t_loop, "speedup": ratio, "goal_speedup": 10.0,
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+        "machine": {"python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
                     "numpy": np.__version__},
     }
     write_json_atomic(RESULTS, result)

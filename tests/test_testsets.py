@@ -61,7 +61,7 @@ def make_synthtext(root: Path, h5_name="custom.h5") -> dict:
         d.create_dataset("ant+hill_1.jpg_0", data=text1)
         d["ant+hill_1.jpg_0"].attrs["wordBB"] = bb
         d.create_dataset("street.jpg_0", data=text2)
-        d["street.jpg_0"].attrs["wordBB"] = np.array([[2, 9, 9, 2], [1, 1, 6, 6]], np.float32)  # one word: 2×4
+        d["street.jpg_0"].attrs["wordBB"] = np.array([[2, 9, 9, 2], [1, 1, 6, 6]], np.float32)  # 1 word
     return {"ant+hill_1.jpg_0": [[5, 3, 22, 15], [12, 10, 30, 18]], "street.jpg_0": [[2, 1, 9, 6]]}
 
 
@@ -257,7 +257,8 @@ def test_coco_inpainted_reader_plain_and_augmented(tmp_path):
     make_coco_inpainted(tmp_path / "legacy", {"original": legacy, "inpainted": identity_params(40, 50)})
     assert open_testset(tmp_path / "legacy")[0].boxes_a.tolist() == [[26, 10, 36, 20]]
 
-    make_coco_inpainted(tmp_path / "bad", {"original": {"aff": {}, "jit": {}}, "inpainted": {"aff": {}, "jit": {}}})
+    empty = {"aff": {}, "jit": {}}
+    make_coco_inpainted(tmp_path / "bad", {"original": empty, "inpainted": empty})
     with pytest.raises(SpotdiffError, match=r"3\.params"):
         open_testset(tmp_path / "bad")[0]
 
@@ -379,7 +380,8 @@ def standins(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("standins")
     truth = {
-        "coco_inpainted_medium": st.write_coco_inpainted_standin(root / "coco" / "medium", "medium", 3, 128, 5),
+        "coco_inpainted_medium": st.write_coco_inpainted_standin(root / "coco" / "medium", "medium",
+                                                                 3, 128, 5),
         "synthtext_change": st.write_synthtext_standin(root / "synth", 3, 128, 5),
         "virat_std": st.write_virat_standin(root / "virat", 3, 128, 5),
         "kubric_change": st.write_kubric_standin(root / "kubric", 3, 128, 5),

@@ -254,7 +254,8 @@ def write_virat_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
         for _ in range(int(rng.integers(1, 4))):
             for _try in range(20):
                 layer = _make_layer(rng, scene, _target_size(rng, str(rng.choice(["small", "medium"])), size))
-                if not (cv2.dilate(layer.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)[occupied].any():
+                grown = cv2.dilate(layer.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+                if not grown[occupied].any():
                     changed.append(layer)
                     occupied |= layer.mask
                     break

@@ -203,7 +203,8 @@ class SynthtextChange(TestSet):
         except OSError as exc:
             raise SpotdiffError(f"{self.h5_path}: cannot read data/{key} ({exc}); re-download it") from None
         if image_b.dtype != np.uint8 or image_b.ndim != 3 or image_b.shape[2] != 3:
-            raise SpotdiffError(f"{where}: expected an H×W×3 uint8 image, got {image_b.dtype} {image_b.shape}")
+            raise SpotdiffError(f"{where}: expected an H×W×3 uint8 image, got {image_b.dtype} "
+                                f"{image_b.shape}")
         if word_bb.ndim == 2:
             word_bb = word_bb[..., None]
         if word_bb.ndim != 3 or word_bb.shape[:2] != (2, 4):
@@ -477,7 +478,8 @@ def parse_sha512sums(text: str, source: str) -> dict[str, str]:
             continue
         m = re.fullmatch(r"([0-9a-fA-F]{128})\s+\*?(.+)", line)
         if not m:
-            raise SpotdiffError(f"{source}: line {n} is not '<sha512>  <file name>'; the checksum list is damaged")
+            raise SpotdiffError(f"{source}: line {n} is not '<sha512>  <file name>'; the checksum list "
+                                "is damaged")
         out[m.group(2).strip()] = m.group(1).lower()
     if not out:
         raise SpotdiffError(f"{source}: no checksums listed; check testsets.official_base_url")
@@ -498,7 +500,8 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
                     bar.update(len(block))
     except urllib.error.HTTPError as exc:
         part.unlink(missing_ok=True)
-        raise SpotdiffError(f"{url}: download failed (HTTP {exc.code}); check testsets.official_base_url") from None
+        raise SpotdiffError(f"{url}: download failed (HTTP {exc.code}); check "
+                            "testsets.official_base_url") from None
     except (urllib.error.URLError, OSError) as exc:
         part.unlink(missing_ok=True)
         raise SpotdiffError(f"{url}: download failed ({getattr(exc, 'reason', exc)}); check the network "
@@ -590,7 +593,8 @@ def download(base_url: str, dest: str | Path, archives: Sequence[str] = (), cach
             if got != sums[name]:
                 local.unlink()
                 raise SpotdiffError(f"{urllib.parse.urljoin(base, name)}: SHA512 mismatch (expected "
-                                    f"{sums[name][:16]}…, got {got[:16]}…); the download was removed — rerun")
+                                    f"{sums[name][:16]}…, got {got[:16]}…); the download was removed — "
+                                    "rerun")
         paths.append(local)
     for path in paths:
         extract_archive(path, dest)
