@@ -204,7 +204,7 @@ class SsimParams:
     align: Literal["none", "homography"] = "none"
     # Otsu never goes below this on the 1-SSIM map (identical or near-identical images box nothing).
     min_threshold: float = 0.3
-    # Give B's grey levels A's mean and std before SSIM (a global brightness change is not a change).
+    # Fit B's grey levels to A's (robust gain + offset) before SSIM: global brightness is not a change.
     normalize: bool = True
 
     def validate(self, key: str) -> None:

@@ -8,8 +8,9 @@ Pipeline, for images A and B of any sizes:
    finds too few inliers, then ECC, then identity — each fallback is a warning and a note in the
    result). B is warped into A's frame; pixels outside the warped overlap take A's values, so they
    never differ, and are excluded.
-3. Photometric normalisation (`normalize`): B's grey levels get A's mean and standard deviation,
-   so a global brightness / contrast change is not a difference.
+3. Photometric normalisation (`normalize`): a robust linear fit maps B's grey levels onto A's
+   (the changes themselves and saturated pixels are outliers of the fit), so a global brightness /
+   contrast change is not a difference.
 4. SSIM on grey images in [0, 1] (explicit data range 1.0), Gaussian window (`sigma`, truncated at
    3.5 σ like scikit-image), computed in torch: the five filterings μx, μy, E[x²], E[y²], E[xy] run
    as one grouped separable convolution, so the same code runs on a GPU. Difference = 1 − SSIM.
@@ -264,6 +265,38 @@ def _check_image(img: Any, name: str) -> np.ndarray:
     return arr
 
 
+def match_brightness(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Map grey image `y` onto `x`'s brightness and contrast (both float32 in [0, 1]) over `region`.
+
+    A robust linear fit x ≈ g·y + o: start from a pure offset (median of x − y), then refit by least
+    squares on the inliers (residual within 3 robust σ, at least 2 grey levels), so the changes we
+    are looking for and clipped (saturated) pixels do not bend the fit. Without enough contrast among
+    the inliers only the offset is used; the gain is kept within [0.5, 2].
+    """
+    step = max(1, int(np.ceil(np.sqrt(x.size / 60_000))))  # fit on ≤ ~60k samples
+    xs, ys = x[::step, ::step], y[::step, ::step]
+    keep = (xs > 1.5 / 255) & (xs < 253.5 / 255) & (ys > 1.5 / 255) & (ys < 253.5 / 255)
+    if not region.all():
+        keep &= region[::step, ::step]
+    xs, ys = xs[keep].astype(np.float64), ys[keep].astype(np.float64)
+    if xs.size < 16:
+        return y
+    g, o = 1.0, float(np.median(xs - ys))
+    for _ in range(iterations):
+        r = xs - (g * ys + o)
+        mad = float(np.median(np.abs(r - np.median(r))))
+        inl = np.abs(r) <= max(3 * 1.4826 * mad, 2 / 255)
+        if inl.sum() < 16:
+            break
+        xi, yi = xs[inl], ys[inl]
+        if yi.std() > 4 / 255:
+            g = float(np.clip(np.cov(xi, yi, bias=True)[0, 1] / yi.var(), 0.5, 2.0))
+        o = float(xi.mean() - g * yi.mean())
+    if abs(g - 1.0) < 1e-3 and abs(o) < 0.5 / 255:
+        return y
+    return y * np.float32(g) + np.float32(o)
+
+
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu threshold of values in [0, 1] (computed on 256 bins by OpenCV)."""
     import cv2
@@ -433,11 +466,7 @@ class SsimDetector:
         x = ga.astype(np.float32) * np.float32(1 / 255.0)
         y = gb.astype(np.float32) * np.float32(1 / 255.0)
         if self.params.normalize:
-            xs, ys = (x, y) if region.all() else (x[region], y[region])
-            if xs.size > 1:
-                std_y = float(ys.std())
-                gain = float(xs.std()) / std_y if std_y > 1e-3 else 1.0
-                y = (y - np.float32(ys.mean())) * np.float32(gain) + np.float32(xs.mean())
+            y = match_brightness(x, y, region)
         if self.backend == "opencv":
             return 1.0 - ssim_map_cv2(x, y, sigma=self.params.sigma, data_range=1.0)
         import torch

@@ -1,0 +1,197 @@
+"""The pixel-wise SSIM detector on real photos (scikit-image's bundled samples): what changed is boxed
+in both images, what did not change (identical, brightness, a small shift when registered) is not."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from spotdiff.boxes import box_areas, iou_matrix
+from spotdiff.errors import SpotdiffError
+from spotdiff.methods import Detector, PairDetections
+from spotdiff.methods.base import pair_labels
+from spotdiff.methods.pixelwise import SsimDetector, ssim_map, ssim_map_cv2
+from spotdiff.params import Params, SsimParams, params_from_dict
+
+PASTE = (300, 200, 400, 280)  # x1, y1, x2, y2 in the astronaut photo
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def pasted(astronaut) -> np.ndarray:
+    b = astronaut.copy()
+    x1, y1, x2, y2 = PASTE
+    b[y1:y2, x1:x2] = skimage.data.chelsea()[100:100 + (y2 - y1), 150:150 + (x2 - x1)]
+    return b
+
+
+def _iou(box, truth) -> float:
+    return float(iou_matrix(np.asarray(box)[None], np.asarray(truth, dtype=float)[None])[0, 0])
+
+
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_ssim_map_matches_scikit_image(backend):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    x = skimage.data.camera()[::4, ::4].astype(np.float32) / 255.0
+    y = np.clip(x + rng.normal(0, 0.05, x.shape).astype(np.float32), 0, 1)
+    _, ref = structural_similarity(x.astype(np.float64), y.astype(np.float64), full=True, gaussian_weights=True,
+                                   sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    if backend == "opencv":
+        ours = ssim_map_cv2(x, y, sigma=1.5)
+    else:
+        ours = ssim_map(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None], sigma=1.5)[0, 0].numpy()
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 2e-4
+
+
+def test_detector_protocol_and_validation():
+    det = SsimDetector()
+    assert isinstance(det, Detector)
+    with pytest.raises(SpotdiffError, match="align"):
+        SsimDetector(align="affine")
+    with pytest.raises(SpotdiffError, match="uint8"):
+        det.detect(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8))
+
+
+def test_params_bounds_for_new_keys():
+    assert Params().ssim.min_threshold == 0.3 and Params().ssim.normalize is True
+    with pytest.raises(SpotdiffError, match="ssim.min_threshold"):
+        params_from_dict({"ssim": {"min_threshold": 3.0}})
+
+
+def test_identical_images_give_no_boxes(astronaut):
+    ba, sa, bb, sb = SsimDetector().detect(astronaut, astronaut.copy())
+    assert ba.shape == (0, 4) and bb.shape == (0, 4) and sa.size == 0 and sb.size == 0
+
+
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_pasted_object_is_boxed_in_both_images(astronaut, pasted, backend):
+    ba, sa, bb, sb = SsimDetector(backend=backend).detect(astronaut, pasted)
+    assert len(ba) == 1 and len(bb) == 1
+    assert _iou(ba[0], PASTE) >= 0.5 and _iou(bb[0], PASTE) >= 0.5
+    assert 0.3 < sa[0] <= 1.0 and sa[0] == sb[0]
+
+
+def test_brightness_change_alone_gives_no_box(astronaut):
+    det = SsimDetector()
+    brighter = np.clip(astronaut.astype(np.int16) + 30, 0, 255).astype(np.uint8)
+    darker = (astronaut.astype(np.float32) * 0.7).astype(np.uint8)
+    assert len(det.detect(astronaut, brighter)[0]) == 0
+    assert len(det.detect(astronaut, darker)[0]) == 0
+
+
+def test_five_pixel_shift(astronaut, pasted):
+    a, b = astronaut[:-5, :-5], astronaut[5:, 5:]  # B's content is A's moved 5 px up-left
+    frame = a.shape[0] * a.shape[1]
+    unaligned = SsimDetector(align="none").detect(a, b)[0]
+    assert box_areas(unaligned).max() > 0.5 * frame  # the failure registration is for
+    with _no_warning():
+        res = SsimDetector(align="homography").run(a, b)
+    assert res.extras["align"] in ("orb+ecc", "sift+ecc", "orb", "sift")
+    assert len(res.boxes_a) == 0 or box_areas(res.boxes_a).max() < 0.01 * frame
+    # a shifted pair with a real change: boxed where it is in each image
+    res = SsimDetector(align="homography").run(a, pasted[5:, 5:])
+    assert len(res.boxes_a) >= 1
+    x1, y1, x2, y2 = PASTE
+    assert _iou(res.boxes_a[0], PASTE) >= 0.5
+    assert _iou(res.boxes_b[0], (x1 - 5, y1 - 5, x2 - 5, y2 - 5)) >= 0.5
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings(record=True)
+        self.records = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        assert not [w for w in self.records if issubclass(w.category, RuntimeWarning)]
+
+
+def test_registration_fallback_warns_and_uses_identity():
+    flat = np.full((96, 96, 3), 128, np.uint8)
+    other = flat.copy()
+    other[30:60, 30:60] = 20
+    with pytest.warns(RuntimeWarning, match="ssim registration"):
+        res = SsimDetector(align="homography").run(flat, other)
+    assert res.extras["align"] == "identity" and res.extras["notes"]
+    assert len(res.boxes_a) == 1 and _iou(res.boxes_a[0], (30, 30, 60, 60)) >= 0.5
+
+
+def test_different_sizes_report_each_images_own_pixels(astronaut, pasted):
+    small_b = cv2.resize(pasted, (256, 320), interpolation=cv2.INTER_AREA)  # half width, 0.625 height
+    ba, _, bb, _ = SsimDetector().detect(astronaut, small_b)
+    assert len(ba) == 1
+    x1, y1, x2, y2 = PASTE
+    assert _iou(ba[0], PASTE) >= 0.5
+    assert _iou(bb[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5
+    # and the other way round, A smaller than B
+    ba2, _, bb2, _ = SsimDetector().detect(small_b, astronaut)
+    assert _iou(ba2[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5 and _iou(bb2[0], PASTE) >= 0.5
+
+
+def test_max_side_downscale_keeps_original_coordinates(astronaut, pasted):
+    det = SsimDetector(dataclasses.replace(SsimParams(), max_side=128))
+    res = det.run(astronaut, pasted)
+    assert res.extras["working_size"] == [128, 128]
+    assert len(res.boxes_a) == 1 and _iou(res.boxes_a[0], PASTE) >= 0.5
+
+
+def test_ignore_mask(astronaut, pasted):
+    mask = np.zeros(astronaut.shape[:2], bool)
+    x1, y1, x2, y2 = PASTE
+    mask[y1 - 10:y2 + 10, x1 - 10:x2 + 10] = True
+    assert len(SsimDetector().detect(astronaut, pasted, ignore_mask=mask)[0]) == 0
+    half = np.zeros_like(mask)
+    half[:, :256] = True  # ignoring elsewhere keeps the change
+    assert len(SsimDetector().detect(astronaut, pasted, ignore_mask=half)[0]) == 1
+    with pytest.raises(SpotdiffError, match="ignore mask"):
+        SsimDetector().detect(astronaut, pasted, ignore_mask=mask[:100])
+
+
+def test_fixed_threshold_and_min_area(astronaut, pasted):
+    b = pasted.copy()
+    b[50:53, 50:53] = 0  # a 9-pixel speck
+    loose = SsimParams(threshold=0.3, morph_kernel=0, min_area_fraction=0.0)
+    assert len(SsimDetector(loose).detect(astronaut, b)[0]) == 2
+    strict = dataclasses.replace(loose, min_area_fraction=0.001)  # 262 px at 512×512
+    ba = SsimDetector(strict).detect(astronaut, b)[0]
+    assert len(ba) == 1 and _iou(ba[0], PASTE) >= 0.5
+
+
+def test_pair_detections_filter_labels_and_json():
+    d = PairDetections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]), np.array([0.2, 0.9, 0.5]),
+                       np.array([[0, 0, 5, 5], [40, 40, 50, 50]]), np.array([0.3, 0.8]), (100, 100), (50, 50))
+    # unpaired: boxes matched in normalised coordinates share a number
+    assert d.labels_a[0] == d.labels_b[0]
+    assert len(set(d.labels_a) | set(d.labels_b)) == 4
+    d.filter(top_k=2, min_score=0.25)
+    assert d.scores_a.tolist() == [0.9, 0.5] and d.scores_b.tolist() == [0.8, 0.3]
+    j = d.to_json("a.png", "b.png")
+    assert j["images"][0]["path"] == "a.png" and j["images"][1]["width"] == 50
+    assert j["images"][0]["boxes"][0] == [20.0, 20.0, 30.0, 30.0] and j["paired"] is False
+    la, lb = pair_labels(np.zeros((0, 4)), np.array([[0, 0, 1, 1]]), (10, 10), (10, 10))
+    assert la == [] and lb == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_backend_on_gpu_matches_cpu(astronaut, pasted):
+    gpu = SsimDetector(device="cuda", backend="torch").run(astronaut, pasted)
+    cpu = SsimDetector(device="cpu", backend="opencv").run(astronaut, pasted)
+    assert gpu.extras["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu.boxes_a, cpu.boxes_a)
