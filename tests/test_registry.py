@@ -206,16 +206,16 @@ def test_register_promote_and_predict(workspace):
     assert second["champion_before"]["version"] == 1 and second["champion_after"] == 1
     assert "margin" in second["reason"]
     assert second["model_md5"]["source"] == "file"
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"
-    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == "2"
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == 2
 
     third = _register(workspace, 0.40)
     assert third["version"] == 3 and third["decision"] == "promoted"
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "3"
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 3
 
     # By hand, through the CLI: champion back to version 2; an unknown version is a clear error.
     assert main(["promote", "2", "--params", str(root / "params.yaml")]) == 0
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 2
     assert main(["promote", "9", "--params", str(root / "params.yaml")]) == 2
 
     # The champion loads as a pyfunc and finds boxes in each image's own pixels (different sizes).
