@@ -53,9 +53,11 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence
     for i, box in enumerate(boxes):
         label = labels[i]
         col = color or color_for(label)
-        x1, y1, x2, y2 = box
-        x1, y1 = max(0.0, x1), max(0.0, y1)
-        x2, y2 = min(float(W), x2), min(float(H), y2)
+        if not np.all(np.isfinite(box)):
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1 = min(max(0.0, x1), W - 1.0), min(max(0.0, y1), H - 1.0)
+        x2, y2 = max(min(float(W), x2), x1 + 1.0), max(min(float(H), y2), y1 + 1.0)  # ≥ 1 px
         # dark outline under the coloured box keeps it visible on bright and dark backgrounds
         draw.rectangle([x1 - 1, y1 - 1, x2, y2], outline=(0, 0, 0), width=width + 2)
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=col, width=width)

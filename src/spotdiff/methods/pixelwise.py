@@ -2,8 +2,9 @@
 
 Pipeline, for images A and B of any sizes:
 
-1. Working frame: A's size, downscaled so its longer side is ≤ `SsimParams.max_side`; B is resized
-   to the same working size (so different sizes and resolutions compare).
+1. Working frame: A's aspect ratio, downscaled so its longer side is ≤ `SsimParams.max_side` and
+   so that neither image is upsampled (a sharp image against a blown-up one differs in every
+   texture); B is resized to the same working size, so different sizes and resolutions compare.
 2. Optional registration (`align="homography"`): ORB features + RANSAC homography (SIFT when ORB
    finds too few inliers, then ECC, then identity — each fallback is a warning and a note in the
    result). B is warped into A's frame; pixels outside the warped overlap take A's values, so they
@@ -377,7 +378,8 @@ class SsimDetector:
                                     f"image A ({wa}×{ha}); make it the size of image A")
 
         # 1. working frame
-        s = min(1.0, p.max_side / max(ha, wa))
+        # never upsample either image: a sharp A against a blown-up B differs in every texture
+        s = min(1.0, p.max_side / max(ha, wa), wb / wa, hb / ha)
         w, h = max(1, round(wa * s)), max(1, round(ha * s))
         ga = _resize(_grey(a), (w, h))
         gb = _resize(_grey(b), (w, h))
