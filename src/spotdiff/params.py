@@ -253,13 +253,22 @@ class EvaluateParams:
     max_boxes: int = 100
     batch_size: int = 8
     samples_to_draw: int = 4
+    # Boxes drawn per image in eval/samples (after NMS for cyws; the paper's Fig. 4 shows 5).
+    draw_top_k: int = 5
+    # Worker processes reading test pairs (0 = in the main process).
+    num_workers: int = 0
 
     def validate(self, key: str) -> None:
         _check(len(self.methods) >= 1 and set(self.methods) <= {"cyws", "ssim"}, f"{key}.methods",
                "a non-empty list of cyws, ssim", list(self.methods))
+        _check(len(set(self.methods)) == len(self.methods), f"{key}.methods", "without repeats",
+               list(self.methods))
         _check(0 < self.iou_threshold < 1, f"{key}.iou_threshold", "in (0, 1)", self.iou_threshold)
         _check(self.max_boxes >= 1, f"{key}.max_boxes", ">= 1", self.max_boxes)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
+        _check(self.samples_to_draw >= 0, f"{key}.samples_to_draw", ">= 0", self.samples_to_draw)
+        _check(self.draw_top_k >= 1, f"{key}.draw_top_k", ">= 1", self.draw_top_k)
+        _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
 
 
 @dataclass(frozen=True)
