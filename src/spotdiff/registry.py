@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import subprocess
+import tempfile
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -87,6 +88,15 @@ class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
         boxes_a, scores_a, boxes_b, scores_b = self._detector.detect(img_a, img_b)
         return {"boxes_a": _as_list(boxes_a), "scores_a": _as_list(scores_a),
                 "boxes_b": _as_list(boxes_b), "scores_b": _as_list(scores_b)}
+
+
+MODEL_CODE = '''"""spotdiff CYWS change detector as an MLflow pyfunc (needs the spotdiff package installed)."""
+import mlflow
+
+from spotdiff.registry import CywsPyfuncModel
+
+mlflow.models.set_model(CywsPyfuncModel())
+'''
 
 
 def model_signature():
@@ -296,12 +306,16 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
     md5 = model_md5(root, model_path)
     champion_before = _champion_info(client, reg.model_name, metric)
 
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         if metrics:
             mlflow.log_metrics(metrics)
+        # "Models from code": the model is this small script (copied into the logged model), not a
+        # pickled object, so loading it unpickles nothing.
+        code = Path(tmp) / "spotdiff_pyfunc.py"
+        code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
-            python_model=CywsPyfuncModel(),
+            python_model=str(code),
             artifacts={CHECKPOINT_ARTIFACT: str(model_path.resolve())},
             signature=model_signature(),
             input_example=input_example(),
