@@ -150,6 +150,9 @@ def test_register_reports_missing_inputs_clearly(workspace):
     (root / "eval/other.json").write_text(json.dumps({"ssim": {"x": 1.0}}))
     with pytest.raises(SpotdiffError, match="no metric cyws/coco_inpainted/all/ap50"):
         register_checkpoint(params, model, root / "models/train.json", root / "eval/other.json", out)
+    (root / "eval/null.json").write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": None}}}}))
+    with pytest.raises(SpotdiffError, match="is null"):
+        register_checkpoint(params, model, root / "models/train.json", root / "eval/null.json", out)
     (root / "models/ghost.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
     with pytest.raises(SpotdiffError, match="is not in the tracking store"):
         register_checkpoint(params, model, root / "models/ghost.json", metrics, out)
@@ -199,23 +202,26 @@ def test_register_promote_and_predict(workspace):
     run = client.get_run(run_id)
     assert run.data.metrics[METRIC] == pytest.approx(0.30)  # one run: training + eval metrics
     assert run.data.metrics["train/loss"] == pytest.approx(1.0)
+    history = client.get_metric_history(run_id, METRIC)
+    _register(workspace, 0.30)  # same value again (as if evaluate had logged it): no duplicate entry
+    assert len(client.get_metric_history(run_id, METRIC)) == len(history) == 1
 
     (root / "dvc.lock").unlink()
     second = _register(workspace, 0.305)  # not better by more than the 0.01 margin
-    assert second["version"] == 2 and second["decision"] == "kept"
+    assert second["version"] == 3 and second["decision"] == "kept"
     assert second["champion_before"]["version"] == 1 and second["champion_after"] == 1
     assert "margin" in second["reason"]
     assert second["model_md5"]["source"] == "file"
     assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 1
-    assert int(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == 2
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == 3
 
     third = _register(workspace, 0.40)
-    assert third["version"] == 3 and third["decision"] == "promoted"
-    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 3
+    assert third["version"] == 4 and third["decision"] == "promoted"
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 4
 
-    # By hand, through the CLI: champion back to version 2; an unknown version is a clear error.
-    assert main(["promote", "2", "--params", str(root / "params.yaml")]) == 0
-    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 2
+    # By hand, through the CLI: champion back to version 3; an unknown version is a clear error.
+    assert main(["promote", "3", "--params", str(root / "params.yaml")]) == 0
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 3
     assert main(["promote", "9", "--params", str(root / "params.yaml")]) == 2
 
     # The champion loads as a pyfunc and finds boxes in each image's own pixels (different sizes).

@@ -161,6 +161,14 @@ def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _path_exists(obj: Any, path: str) -> bool:
+    for part in path.split("/"):
+        if not isinstance(obj, dict) or part not in obj:
+            return False
+        obj = obj[part]
+    return True
+
+
 def git_revision(root: Path) -> dict[str, Any]:
     """{"commit": sha or None, "dirty": bool or None} for the repo at `root`.
 
@@ -281,6 +289,12 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
     reg = params.register
     metric = reg.primary_metric
     if metric not in metrics:
+        node: Any = metrics_raw
+        for part in metric.split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and _path_exists(metrics_raw, metric):
+            raise SpotdiffError(f"{metrics_path}: {metric} (register.primary_metric) is null — not "
+                                "measurable on that test set (no ground truth?); pick another metric")
         known = ", ".join(sorted(metrics)[:12]) or "none"
         raise SpotdiffError(f"{metrics_path}: no metric {metric} (register.primary_metric); known: {known}; "
                             "fix register.primary_metric or make evaluate produce it")
@@ -295,7 +309,7 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
     uri = mlflow.get_tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        client.get_run(run_id)
+        logged = client.get_run(run_id).data.metrics
     except MlflowException:
         raise SpotdiffError(
             f"{train_info_path}: MLflow run {run_id} is not in the tracking store {redact_uri(uri)}; "
@@ -307,8 +321,9 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
     champion_before = _champion_info(client, reg.model_name, metric)
 
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
-        if metrics:
-            mlflow.log_metrics(metrics)
+        missing = {k: v for k, v in metrics.items() if logged.get(k) != v}  # evaluate logs them too
+        if missing:
+            mlflow.log_metrics(missing)
         # "Models from code": the model is this small script (copied into the logged model), not a
         # pickled object, so loading it unpickles nothing.
         code = Path(tmp) / "spotdiff_pyfunc.py"
