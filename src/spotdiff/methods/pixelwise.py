@@ -17,7 +17,7 @@ Pipeline, for images A and B of any sizes:
    as one grouped separable convolution, so the same code runs on a GPU. Difference = 1 − SSIM.
 5. Threshold: Otsu on the difference map (but never below `min_threshold`), or a fixed value.
 6. Morphology: opening then closing with an elliptic `morph_kernel` (0 = none).
-7. Connected components (8-connected) → boxes; components smaller than `min_area_fraction` of the
+7. Connected components (8-connected, OpenCV) → boxes; components smaller than `min_area_fraction` of the
    frame are dropped. Score = mean difference (clipped to [0, 1]) over the component's pixels.
 8. Boxes are scaled back to A's pixels; B's boxes are the same regions mapped through the inverse
    registration and scaled to B's pixels — box i in A and box i in B are the same change.
@@ -115,8 +115,20 @@ def ssim_map_cv2(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_range: f
         return cv2.sepFilter2D(img, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT)
 
     mx, my = blur(x), blur(y)
-    exx, eyy, exy = blur(cv2.multiply(x, x)), blur(cv2.multiply(y, y)), blur(cv2.multiply(x, y))
-    return _ssim_from_moments(mx, my, exx, eyy, exy, data_range)
+    exx, eyy, exy = blur(x * x), blur(y * y), blur(x * y)
+    # `_ssim_from_moments`, in place: these maps are memory-bound, temporaries cost as much as maths
+    c1 = np.float32((0.01 * data_range) ** 2)
+    c2 = np.float32((0.03 * data_range) ** 2)
+    num = mx * my                       # μxμy
+    exy -= num; exy *= 2; exy += c2     # 2σxy + C2
+    num *= 2; num += c1                 # 2μxμy + C1
+    num *= exy                          # numerator
+    mx *= mx; my *= my                  # μx², μy²
+    exx -= mx; exx += eyy; exx -= my; exx += c2   # σx² + σy² + C2
+    mx += my; mx += c1                  # μx² + μy² + C1
+    mx *= exx                           # denominator
+    num /= mx
+    return num
 
 
 # ---------------------------------------------------------------- registration
@@ -299,32 +311,52 @@ def match_brightness(x: np.ndarray, y: np.ndarray, region: np.ndarray, iteration
 
 
 def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu threshold of values in [0, 1] (computed on 256 bins by OpenCV)."""
+    """Otsu threshold of values in [0, 1] (values above 1 count as 1; 256 bins, by OpenCV)."""
     import cv2
 
     if values.size == 0:
         return 1.0
-    u8 = np.ascontiguousarray((np.clip(values, 0, 1) * 255.0 + 0.5).astype(np.uint8).reshape(1, -1))
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    v = v.reshape(1, -1) if v.ndim != 2 else v
+    u8 = cv2.convertScaleAbs(v, alpha=255.0)  # one pass: |v|·255, rounded, saturated to [0, 255]
     t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return float(t) / 255.0
 
 
 def regions_to_boxes(diff: np.ndarray, binary: np.ndarray, min_area: float
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of a binary map → (xyxy boxes, mean clipped difference per component)."""
+    """8-connected components of a binary map → (xyxy boxes, mean clipped difference per component),
+    components smaller than `min_area` pixels dropped, sorted by score.
+
+    Same result as `cv2.connectedComponentsWithStats`, ~3× faster on sparse maps: OpenCV labels
+    the pixels, and the statistics are gathered over the foreground pixels only.
+    """
     import cv2
 
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    h, w = binary.shape
+    b = binary.view(np.uint8) if binary.dtype == bool else binary.astype(np.uint8, copy=False)
+    n, labels = cv2.connectedComponents(b, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return np.zeros((0, 4)), np.zeros(0)
-    sums = np.bincount(labels.ravel(), weights=np.clip(diff, 0, 1).ravel(), minlength=n)
-    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    keep = [i for i in range(1, n) if areas[i] >= max(min_area, 1)]
-    if not keep:
+    fg = np.flatnonzero(b.ravel())
+    lab = labels.ravel()[fg]
+    area = np.bincount(lab, minlength=n).astype(np.float64)
+    keep = np.flatnonzero(area >= max(min_area, 1))
+    keep = keep[keep > 0]
+    if keep.size == 0:
         return np.zeros((0, 4)), np.zeros(0)
-    st = stats[keep]
-    boxes = np.stack([st[:, 0], st[:, 1], st[:, 0] + st[:, 2], st[:, 1] + st[:, 3]], axis=1).astype(np.float64)
-    scores = sums[keep] / areas[keep]
+    ys, xs = np.divmod(fg, w)
+    x1 = np.full(n, w, np.int64)
+    y1 = np.full(n, h, np.int64)
+    x2 = np.zeros(n, np.int64)
+    y2 = np.zeros(n, np.int64)
+    np.minimum.at(x1, lab, xs)
+    np.minimum.at(y1, lab, ys)
+    np.maximum.at(x2, lab, xs)
+    np.maximum.at(y2, lab, ys)
+    sums = np.bincount(lab, weights=np.minimum(diff.ravel()[fg], 1.0), minlength=n)
+    boxes = np.stack([x1[keep], y1[keep], x2[keep] + 1, y2[keep] + 1], axis=1).astype(np.float64)
+    scores = sums[keep] / area[keep]
     order = np.argsort(-scores, kind="stable")
     return boxes[order], scores[order]
 
@@ -412,27 +444,31 @@ class SsimDetector:
 
         # 3-4. normalisation and SSIM
         same = ~valid if ign is None else (~valid | ign)
-        if same.any():
+        masked = bool(same.any())
+        region = ~same
+        if masked:
             gb = np.where(same, ga, gb)
-        diff = self._difference(ga, gb, ~same)
-        if same.any():
+        diff = self._difference(ga, gb, region)
+        if masked:
             diff[same] = 0.0
         t_ssim = time.perf_counter()
 
         # 5. threshold
-        region = ~same
         if p.threshold == "otsu":
-            thr = max(otsu_threshold(diff[region]), float(p.min_threshold))
+            thr = max(otsu_threshold(diff[region] if masked else diff), float(p.min_threshold))
         else:
             thr = float(p.threshold)
-        binary = ((diff > thr) & region).astype(np.uint8)
+        binary = np.greater(diff, thr).view(np.uint8)  # bool → 0/1 bytes, no copy
+        if masked:
+            binary &= region.view(np.uint8)
 
         # 6. morphology
         if p.morph_kernel > 1:
             kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (p.morph_kernel, p.morph_kernel))
             binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kern)
             binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kern)
-            binary &= region.astype(np.uint8)
+            if masked:
+                binary &= region.view(np.uint8)
 
         # 7. components
         boxes_w, scores = regions_to_boxes(diff, binary, p.min_area_fraction * w * h)
@@ -470,7 +506,8 @@ class SsimDetector:
         if self.params.normalize:
             y = match_brightness(x, y, region)
         if self.backend == "opencv":
-            return 1.0 - ssim_map_cv2(x, y, sigma=self.params.sigma, data_range=1.0)
+            smap = ssim_map_cv2(x, y, sigma=self.params.sigma, data_range=1.0)
+            return np.subtract(np.float32(1.0), smap, out=smap)
         import torch
 
         with torch.no_grad():
