@@ -210,8 +210,8 @@ def run_set(reader, row: tuple[str, str, str, Path], detectors: dict[str, Any], 
             if len(res.samples) < samples:
                 size_a = (pair.image_a.shape[1], pair.image_a.shape[0])
                 size_b = (pair.image_b.shape[1], pair.image_b.shape[0])
-                sample = {"set": name, "pair_id": pair.pair_id, "image_a": pair.image_a, "image_b": pair.image_b,
-                          "gt_a": res.gt[-2], "gt_b": res.gt[-1], "methods": {}}
+                sample = {"set": name, "pair_id": pair.pair_id, "image_a": pair.image_a,
+                          "image_b": pair.image_b, "gt_a": res.gt[-2], "gt_b": res.gt[-1], "methods": {}}
                 res.samples.append(sample)
             for m in detectors:
                 ba, sa, bb, sb = outputs[m][j]
@@ -436,12 +436,17 @@ def check_outputs(out: Path) -> None:
 
 def mlflow_run_id(train_info: Path | None, warn: Callable[[str], None]) -> str | None:
     """The training run to log into, or None (with a warning line) when the summary names none."""
-    from spotdiff.registry import read_json
+    import json
 
     if train_info is None:
         return None
-    info = read_json(train_info, "training summary", "run the train stage first (`dvc repro train`) or "
-                     "pass --no-mlflow")
+    fix = "run the train stage first (`dvc repro train`) or pass --no-mlflow"
+    if not train_info.is_file():
+        raise SpotdiffError(f"{train_info}: training summary not found; {fix}")
+    try:
+        info = json.loads(train_info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpotdiffError(f"{train_info}: not valid JSON ({exc}); {fix}") from None
     run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
     if not run_id:
         warn(f"warning: {train_info}: no mlflow_run_id (training ran without tracking); the evaluation "
@@ -498,8 +503,6 @@ def evaluate(params: Params, model: Path, train_info: Path | None, testsets_dir:
     from spotdiff import tracking
     from spotdiff.data.testsets import open_testset
     from spotdiff.fsutil import atomic_dir, write_json_atomic, write_text_atomic
-    from spotdiff.registry import flatten_metrics
-
     cfg = params.evaluate
     check_outputs(out)
     # Everything that can be wrong with the inputs is found before the long part.
@@ -565,6 +568,8 @@ def evaluate(params: Params, model: Path, train_info: Path | None, testsets_dir:
             echo(f"  {m} {testset}: AP@{cfg.iou_threshold:g} {_fmt(ap)}")
 
     if run_id:
+        from spotdiff.registry import flatten_metrics  # the register stage reads metrics.json the same way
+
         flat = flatten_metrics(metrics)
         for r in results:
             for m in methods:

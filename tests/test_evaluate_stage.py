@@ -1,0 +1,245 @@
+"""The evaluate stage end to end: stand-ins from the project's generator, a tiny untrained CYWS, SSIM,
+a throw-away MLflow store; a hand-made set whose answer is known; bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spotdiff.cli import main
+
+SUBSETS = ("small", "medium", "large", "all")
+TESTSETS = ("coco_inpainted", "synthtext_change", "virat_std", "kubric_change")
+ENTRY_KEYS = {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt", "pairs"}
+
+
+def _params(path: Path, tmp: Path, **evaluate) -> Path:
+    raw = {"evaluate": {"batch_size": 4, "samples_to_draw": 2, **evaluate},
+           "mlflow": {"experiment": "eval-test", "artifact_location": str(tmp / "artifacts")}}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory) -> Path:
+    from spotdiff.data.standins import write_standins
+
+    root = tmp_path_factory.mktemp("testsets")
+    write_standins(root, pairs=2, size=64, seed=7)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from spotdiff.models.cyws import CYWS, save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "cyws.pt"
+    save_model(CYWS(backbone="resnet18", image_size=64), path)
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the repo root for tracking defaults is the test's folder
+    return tmp_path
+
+
+def _training_run(params_path: Path) -> str:
+    import mlflow
+
+    from spotdiff.params import load_params
+    from spotdiff.tracking import setup_mlflow
+
+    setup_mlflow(load_params(params_path))
+    with mlflow.start_run(run_name="train-stand-in") as run:
+        mlflow.log_metric("best/val_loss", 1.0)
+    return run.info.run_id
+
+
+def test_stage_on_standins(standins, tiny_model, mlflow_store, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.params import RegisterParams
+    from spotdiff.registry import flatten_metrics
+
+    tmp = mlflow_store
+    params = _params(tmp / "params.yaml", tmp)
+    run_id = _training_run(params)
+    (tmp / "train.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    out = tmp / "eval"
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--train-info",
+                 str(tmp / "train.json"), "--testsets", str(standins), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["cyws", "ssim"]
+    for method in metrics:
+        assert list(metrics[method]) == list(TESTSETS)
+        assert list(metrics[method]["coco_inpainted"]) == list(SUBSETS)
+        for testset in TESTSETS[1:]:
+            assert list(metrics[method][testset]) == ["all"]
+        for testset, subsets in metrics[method].items():
+            for subset, entry in subsets.items():
+                assert set(entry) == ENTRY_KEYS
+                assert entry["num_gt"] > 0  # the generator always draws a change
+                for key in ("ap50", "coco_ap", "coco_ap50", "max_recall"):
+                    assert 0.0 <= entry[key] <= 1.0, (method, testset, subset, key)
+        coco = metrics[method]["coco_inpainted"]
+        assert [coco[s]["pairs"] for s in SUBSETS] == [2, 2, 2, 6]
+        assert coco["all"]["num_gt"] == sum(coco[s]["num_gt"] for s in SUBSETS[:3])
+    # register reads metrics.json flattened with "/"; its default primary metric must be there
+    flat = flatten_metrics(metrics)
+    assert RegisterParams().primary_metric in flat
+
+    for method in ("cyws", "ssim"):
+        for testset in TESTSETS:
+            with open(out / "plots" / f"pr_{method}_{testset}.csv") as fh:
+                rows = list(csv.DictReader(fh))
+            assert len(rows) == 101 and set(rows[0]) == {"recall", "precision"}
+            prec = [float(r["precision"]) for r in rows]
+            assert all(0 <= p <= 1 for p in prec) and prec == sorted(prec, reverse=True)
+    for png in [out / "pr_curves.png"] + [out / "samples" / f"{t}.png" for t in TESTSETS]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+    report = (out / "report.md").read_text()
+    assert "STAND-INS" in report and "NOT the official" in report
+    assert "| COCO-Inpainted (stand-in) | **all** | 6 |" in report
+    assert "0.630" in report and "0.890" in report  # the paper's reference column
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    for key, value in flat.items():
+        assert run.data.metrics[key] == pytest.approx(value), key
+    assert "eval_time/cyws/virat_std/s_per_pair" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/report.md", "eval/pr_curves.png", "eval/metrics.json", "eval/plots",
+            "eval/samples"} <= logged
+    assert len(client.list_artifacts(run_id, "eval/plots")) == 8
+    assert len(client.list_artifacts(run_id, "eval/samples")) == 4
+
+
+def _write_virat(root: Path, pairs: int = 3) -> dict:
+    """A VIRAT-format set (not a stand-in) where B = A plus one bright square on a flat background
+    the pixel-wise method cannot miss it."""
+    from spotdiff.data.coco_inpainted import write_png_rgb
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    annotations = {}
+    for i in range(pairs):
+        a = np.full((96, 128, 3), 90, np.uint8) + rng.integers(0, 4, (96, 128, 3), dtype=np.uint8)
+        b = a.copy()
+        x, y = 20 + 25 * i, 15 + 10 * i
+        b[y:y + 40, x:x + 40] = (240, 240, 60)  # far brighter in grey too
+        write_png_rgb(root / f"p{i}.png", a)
+        write_png_rgb(root / f"p{i}_2.png", b)
+        annotations[f"p{i}"] = [[x, y, x + 40, y + 40]]
+    np.save(root / "annotations.npy", annotations, allow_pickle=True)
+    return annotations
+
+
+def test_known_answer_ssim_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _write_virat(tmp_path / "sets" / "virat")
+    params = _params(tmp_path / "params.yaml", tmp_path, methods=["ssim"])
+    (tmp_path / "train.json").write_text(json.dumps({"seconds": 1.0}))  # trained without tracking
+    code = main(["evaluate", "--params", str(params), "--model", str(tmp_path / "absent.pt"),
+                 "--train-info", str(tmp_path / "train.json"), "--testsets", str(tmp_path / "sets"),
+                 "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning:" in err and "no mlflow_run_id" in err  # logging skipped, said so
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics) == ["ssim"]
+    entry = metrics["ssim"]["virat_std"]["all"]
+    assert entry["pairs"] == 3 and entry["num_gt"] == 6  # the same box counts in both images
+    assert entry["ap50"] > 0.9 and entry["max_recall"] == 1.0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "STAND-IN" not in report and "stand-in" not in report
+    assert "Not evaluated" in report and "COCO-Inpainted" in report
+    assert not (tmp_path / "mlruns").exists()
+
+
+def _one_line_error(capsys) -> str:
+    """The CLI's one error line (libraries may log their own lines, e.g. MLflow creating its DB)."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("spotdiff:")]
+    assert len(lines) == 1 and lines[0].startswith("spotdiff: error: "), err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def test_missing_model_is_exit_2(standins, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path / "params.yaml", tmp_path)
+    missing = tmp_path / "models" / "cyws.pt"
+    code = main(["evaluate", "--params", str(params), "--model", str(missing), "--no-mlflow",
+                 "--testsets", str(standins), "--out", str(tmp_path / "eval")])
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert str(missing) in err and "train" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_missing_testsets_is_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path / "params.yaml", tmp_path)
+    missing = tmp_path / "data" / "testsets"
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--no-mlflow",
+                 "--testsets", str(missing), "--out", str(tmp_path / "eval")])
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert str(missing) in err and "testsets" in err
+    (tmp_path / "empty").mkdir()
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--no-mlflow",
+                 "--testsets", str(tmp_path / "empty"), "--out", str(tmp_path / "eval")])
+    assert code == 2 and "holds no test set" in _one_line_error(capsys)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_unknown_run_is_exit_2(standins, tiny_model, mlflow_store, capsys):
+    tmp = mlflow_store
+    params = _params(tmp / "params.yaml", tmp)
+    (tmp / "train.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--train-info",
+                 str(tmp / "train.json"), "--testsets", str(standins), "--out", str(tmp / "eval")])
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert "0" * 32 in err and "MLFLOW_TRACKING_URI" in err
+    assert not (tmp / "eval").exists()
+
+
+def test_pooling_and_top_k_match_the_metric():
+    """`compute_metrics` pools subsets exactly like one call of the metric on the concatenated lists."""
+    from spotdiff.evaluate_stage import SetResult, compute_metrics, top_k
+    from spotdiff.evaluation import average_precision
+
+    rng = np.random.default_rng(3)
+    results = []
+    for subset in ("small", "large"):
+        r = SetResult("coco_inpainted", subset, f"coco_inpainted_{subset}", Path("."), True, pairs=3)
+        for _ in range(6):
+            g = rng.uniform(0, 50, (2, 2))
+            r.gt.append(np.concatenate([g, g + 20], axis=1))
+        d = [np.concatenate([g[:, :2] + rng.normal(0, 2, (2, 2)), g[:, 2:]], axis=1) for g in r.gt]
+        s = [rng.uniform(0, 1, 2) for _ in r.gt]
+        r.dets["m"], r.scores["m"] = d, s
+        results.append(r)
+    metrics, curves = compute_metrics(results, ["m"], 0.5, 100)
+    pooled = average_precision(results[0].gt + results[1].gt, results[0].dets["m"] + results[1].dets["m"],
+                               results[0].scores["m"] + results[1].scores["m"])
+    assert metrics["m"]["coco_inpainted"]["all"]["ap50"] == pytest.approx(pooled.ap)
+    assert metrics["m"]["coco_inpainted"]["all"]["pairs"] == 6
+    assert not math.isnan(pooled.ap) and len(curves[("m", "coco_inpainted")]["recall"]) == 101
+    boxes, scores = top_k(np.arange(20.0).reshape(5, 4), np.array([0.1, 0.9, 0.5, 0.9, 0.2]), 3)
+    assert scores.tolist() == [0.9, 0.9, 0.5] and boxes[:, 0].tolist() == [4.0, 12.0, 8.0]
