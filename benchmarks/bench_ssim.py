@@ -162,7 +162,8 @@ def main() -> int:
         "goal": "'same work' configuration >= 10x faster than the reference with the same boxes",
         "repeats_ours_best_of": args.repeats, "repeats_reference_best_of": args.reference_repeats,
         "rows": rows,
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+        "machine": {"python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
                     "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
                     "opencv": cv2.__version__, "torch": torch.__version__},
     }
@@ -171,7 +172,8 @@ def main() -> int:
     print(f"{'size':>6} {'config':<10} {'backend':<7} {'device':<6} {'max_side':>8} {'seconds':>9} "
           f"{'speed-up':>9} {'boxes ours/ref/matched':>23} {'same':>5}")
     for row in rows:
-        print(f"{row['size']:>6} {'reference':<10} {'skimage':<7} {'cpu':<6} {'-':>8} {row['reference_s']:>9.3f} "
+        print(f"{row['size']:>6} {'reference':<10} {'skimage':<7} {'cpu':<6} {'-':>8} "
+              f"{row['reference_s']:>9.3f} "
               f"{'1.0x':>9} {row['reference_boxes']:>23}")
         for name, r in row["ours"].items():
             bx = r["boxes"]

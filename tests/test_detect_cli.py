@@ -54,7 +54,8 @@ def test_pasted_object_is_boxed_in_both_images(pair, capsys, tmp_path):
     assert rc == 0, err
     outdir = tmp_path / "out"
     assert sorted(p.name for p in outdir.iterdir()) == [
-        "astronaut.boxes.png", "astronaut_vs_edited.json", "astronaut_vs_edited.panel.png", "edited.boxes.png"]
+        "astronaut.boxes.png", "astronaut_vs_edited.json", "astronaut_vs_edited.panel.png",
+        "edited.boxes.png"]
     report = json.loads((outdir / "astronaut_vs_edited.json").read_text())
     assert report["method"] == "ssim" and report["model"] is None and report["num_changes"] == 1
     ia, ib = report["images"]
@@ -76,7 +77,8 @@ def test_identical_images_give_no_boxes(pair, capsys, tmp_path):
     assert rc == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["num_changes"] == 0 and report["images"][0]["boxes"] == report["images"][1]["boxes"] == []
-    assert (tmp_path / "o" / "astronaut.a.boxes.png").exists() and (tmp_path / "o" / "astronaut.b.boxes.png").exists()
+    assert (tmp_path / "o" / "astronaut.a.boxes.png").exists()
+    assert (tmp_path / "o" / "astronaut.b.boxes.png").exists()
 
 
 def test_different_sizes_and_alignment(pair, capsys, tmp_path):

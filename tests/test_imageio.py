@@ -23,7 +23,8 @@ def _rgb(h: int = 24, w: int = 32) -> np.ndarray:
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width×height but carries almost no data (a decompression bomb shape)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
     idat = zlib.compress(b"\x00" * 64)
@@ -34,8 +35,9 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 # ---------------------------------------------------------------- good files
 
 
-@pytest.mark.parametrize("fmt,ext,exact", [("PNG", "png", True), ("TIFF", "tif", True), ("WEBP", "webp", False),
-                                           ("JPEG", "jpg", False), ("BMP", "bmp", True)])
+@pytest.mark.parametrize("fmt,ext,exact", [("PNG", "png", True), ("TIFF", "tif", True),
+                                           ("WEBP", "webp", False), ("JPEG", "jpg", False),
+                                           ("BMP", "bmp", True)])
 def test_rgb_formats(tmp_path, fmt, ext, exact):
     img = _rgb()
     img[:, :16] = (200, 30, 60)  # a flat area survives lossy codecs

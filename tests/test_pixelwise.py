@@ -45,12 +45,14 @@ def test_ssim_map_matches_scikit_image(backend):
     rng = np.random.default_rng(0)
     x = skimage.data.camera()[::4, ::4].astype(np.float32) / 255.0
     y = np.clip(x + rng.normal(0, 0.05, x.shape).astype(np.float32), 0, 1)
-    _, ref = structural_similarity(x.astype(np.float64), y.astype(np.float64), full=True, gaussian_weights=True,
+    _, ref = structural_similarity(x.astype(np.float64), y.astype(np.float64), full=True,
+                                   gaussian_weights=True,
                                    sigma=1.5, use_sample_covariance=False, data_range=1.0)
     if backend == "opencv":
         ours = ssim_map_cv2(x, y, sigma=1.5)
     else:
-        ours = ssim_map(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None], sigma=1.5)[0, 0].numpy()
+        tx, ty = torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None]
+        ours = ssim_map(tx, ty, sigma=1.5)[0, 0].numpy()
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() < 2e-4
 
@@ -174,7 +176,8 @@ def test_fixed_threshold_and_min_area(astronaut, pasted):
 
 
 def test_pair_detections_filter_labels_and_json():
-    d = PairDetections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]), np.array([0.2, 0.9, 0.5]),
+    d = PairDetections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]),
+                       np.array([0.2, 0.9, 0.5]),
                        np.array([[0, 0, 5, 5], [40, 40, 50, 50]]), np.array([0.3, 0.8]), (100, 100), (50, 50))
     # unpaired: boxes matched in normalised coordinates share a number
     assert d.labels_a[0] == d.labels_b[0]

@@ -163,8 +163,8 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
         detector = SsimDetector(ssim, device=device)
     else:
         detector = _cyws_detector(model, device)
-    settings: dict[str, Any] = {"top_k": k, "min_score": smin,
-                                "ignore_mask": str(mask_path) if mask_path else (None if mask is None else "array")}
+    mask_setting = str(mask_path) if mask_path else (None if mask is None else "array")
+    settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting}
     if method == "ssim":
         settings["ssim"] = dataclasses.asdict(ssim)
     return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,

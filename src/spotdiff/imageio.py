@@ -203,7 +203,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         except Exception:
             arr = None
         if arr is None:
-            fix = _FIX_FORMAT if pil_problem.startswith("not an image") else "re-export or re-download the image"
+            fix = (_FIX_FORMAT if pil_problem.startswith("not an image")
+                   else "re-export or re-download the image")
             raise _fail(path, pil_problem or "not a readable image", fix)
         if arr.shape[0] * arr.shape[1] > max_pixels:
             raise _fail(path, f"too large: {arr.shape[1]}×{arr.shape[0]} pixels exceeds the cap of "

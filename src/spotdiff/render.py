@@ -97,7 +97,8 @@ def side_by_side(images: Sequence[np.ndarray], header: str = "", captions: Seque
     font = _font(max(12, round(16 * s)))
     line_h = round(font.size * 1.5) if hasattr(font, "size") else 16
     header_lines = [ln for ln in header.splitlines() if ln] if header else []
-    top = gap + line_h * len(header_lines) + (line_h if captions else 0) + (gap if header_lines or captions else 0)
+    top = (gap + line_h * len(header_lines) + (line_h if captions else 0)
+           + (gap if header_lines or captions else 0))
     canvas = Image.new("RGB", (total_w, top + height + gap), (32, 32, 32))
     draw = ImageDraw.Draw(canvas)
     y = gap
@@ -107,7 +108,8 @@ def side_by_side(images: Sequence[np.ndarray], header: str = "", captions: Seque
     x = gap
     for i, t in enumerate(tiles):
         if captions and i < len(captions):
-            draw.text((x, y), _ellipsize(draw, captions[i], font, t.shape[1]), fill=(200, 200, 200), font=font)
+            draw.text((x, y), _ellipsize(draw, captions[i], font, t.shape[1]), fill=(200, 200, 200),
+                      font=font)
         canvas.paste(Image.fromarray(t), (x, top))
         x += t.shape[1] + gap
     return np.asarray(canvas)
@@ -138,7 +140,8 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, vmi
     hi = float(heat.max()) if vmax is None else float(vmax)
     norm = np.clip((heat - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
     norm = cv2.resize(norm, (w, h), interpolation=cv2.INTER_LINEAR)
-    coloured = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET if colormap is None else colormap)
+    cmap = cv2.COLORMAP_JET if colormap is None else colormap
+    coloured = cv2.applyColorMap((norm * 255).astype(np.uint8), cmap)
     coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
     out = cv2.addWeighted(img, 1.0 - alpha, coloured, alpha, 0.0)
     if mask is not None:

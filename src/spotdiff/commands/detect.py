@@ -58,21 +58,31 @@ def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path
 
 
 def detect(
-    image_a: str = typer.Argument(..., help="First image (PNG, JPEG, WebP, TIFF, ...)."),
-    image_b: str = typer.Argument(..., help="Second image; any size (boxes come back in its own pixels)."),
-    method: str = typer.Option("ssim", "--method", help="ssim (pixel-wise, no training) or cyws (learned)."),
-    model: Optional[str] = typer.Option(None, "--model",
-                                        help="cyws: checkpoint path or registry reference (default models/cyws.pt)."),
-    out: str = typer.Option(".", "--out", help="Folder for <stem>.boxes.png, the panel and (default) the JSON."),
-    json_file: Optional[str] = typer.Option(None, "--json", help="JSON report path (default <out>/<A>_vs_<B>.json)."),
-    top_k: Optional[str] = typer.Option(None, "--top-k", help="Keep at most N boxes per image (highest scores)."),
-    min_score: Optional[str] = typer.Option(None, "--min-score", help="Drop boxes scoring below S."),
-    ignore_mask: Optional[str] = typer.Option(None, "--ignore-mask",
-                                              help="Mask image the size of A; white regions are never reported."),
-    align: Optional[str] = typer.Option(None, "--align",
-                                        help="none or homography (register B onto A first); default: ssim.align."),
-    params_file: Optional[str] = typer.Option(None, "--params",
-                                              help="params.yaml to read (default ./params.yaml, else built-in defaults)."),
+    image_a: str = typer.Argument(..., metavar="A", help="First image (PNG, JPEG, WebP, TIFF, ...)."),
+    image_b: str = typer.Argument(
+        ..., metavar="B", help="Second image; any size (boxes come back in its own pixels)."),
+    method: str = typer.Option(
+        "ssim", "--method", metavar="NAME", help="ssim (pixel-wise, no training) or cyws (learned)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="REF",
+        help="cyws: checkpoint path or registry reference (default models/cyws.pt)."),
+    out: str = typer.Option(
+        ".", "--out", metavar="DIR", help="Folder for <stem>.boxes.png, the panel and (default) the JSON."),
+    json_file: Optional[str] = typer.Option(
+        None, "--json", metavar="FILE", help="JSON report path (default <out>/<A>_vs_<B>.json)."),
+    top_k: Optional[str] = typer.Option(
+        None, "--top-k", metavar="N", help="Keep at most N boxes per image (highest scores)."),
+    min_score: Optional[str] = typer.Option(
+        None, "--min-score", metavar="S", help="Drop boxes scoring below S."),
+    ignore_mask: Optional[str] = typer.Option(
+        None, "--ignore-mask", metavar="MASK",
+        help="Mask image the size of A; white regions are never reported."),
+    align: Optional[str] = typer.Option(
+        None, "--align", metavar="MODE",
+        help="none or homography (register B onto A first); default: ssim.align."),
+    params_file: Optional[str] = typer.Option(
+        None, "--params", metavar="FILE",
+        help="params.yaml to read (default ./params.yaml, else built-in defaults)."),
 ) -> int:
     """Find what changed between two images and box it in both."""
     import time
