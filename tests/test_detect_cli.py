@@ -135,6 +135,23 @@ def test_python_api_returns_the_cli_structure(pair, capsys, tmp_path):
     assert report["images"][0]["boxes"] == cli["images"][0]["boxes"]
 
 
+def test_render_helpers():
+    from spotdiff.render import color_for, draw_boxes, heatmap_overlay, side_by_side
+
+    img = np.full((60, 80, 3), 128, np.uint8)
+    out = draw_boxes(img, [[10, 20, 50, 50], [70, 70, 70, 70], [np.nan, 0, 1, 1]], labels=[3, 4, 5],
+                     scores=[0.9, 0.1, 0.2])
+    assert out.shape == img.shape and (img == 128).all()  # input untouched
+    assert tuple(out[35, 10]) == color_for(3)             # left edge of box #3 in its colour
+    assert (out[40:45, 60:65] == 128).all()               # far from any box: unchanged
+    big = draw_boxes(np.zeros((3000, 4000, 3), np.uint8), [[100, 100, 900, 900]])
+    assert (big[500, 100:108] == color_for(1)).all()      # lines thicken with the image
+    panel = side_by_side([img, np.zeros((120, 40, 3), np.uint8)], header="h", captions=["a", "b"])
+    assert panel.ndim == 3 and panel.shape[0] > 120 and panel.shape[1] >= 80 * 2 + 20 + 16
+    heat = heatmap_overlay(img, np.array([[0.0, 1.0]]), alpha=1.0)
+    assert heat.shape == img.shape and heat[:, :10, 2].mean() > heat[:, -10:, 2].mean()  # blue→red
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -239,5 +239,5 @@ def save_png_atomic(path: str | Path, image: np.ndarray) -> Path:
     if arr.dtype != np.uint8:
         arr = _to_uint8(arr)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # speed over size
     return path

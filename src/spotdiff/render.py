@@ -61,7 +61,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence
         # dark outline under the coloured box keeps it visible on bright and dark backgrounds
         draw.rectangle([x1 - 1, y1 - 1, x2, y2], outline=(0, 0, 0), width=width + 2)
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=col, width=width)
-        text = str(label)
+        text = f"#{label}"
         if show_scores and scores is not None and i < len(scores):
             text += f" {float(scores[i]):.2f}"
         tb = draw.textbbox((0, 0), text, font=font)
