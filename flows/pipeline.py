@@ -46,7 +46,7 @@ class PipelineError(RuntimeError):
 
 
 def resolve_repo(repo: Optional[str]) -> Path:
-    """The DVC repo to run in: `repo`, else the nearest folder above cwd with dvc.yaml, else this file's repo."""
+    """The DVC repo to run in: `repo`, else the nearest folder above cwd with dvc.yaml, else this repo."""
     if repo:
         path = Path(repo).expanduser().resolve()
     else:
@@ -316,7 +316,7 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--stages", default="", help="comma-separated stages (default: all)")
     run.add_argument("--repo", default=None)
     run.add_argument("--force", action="store_true")
-    srv = sub.add_parser("serve", help="serve deployment 'spotdiff-pipeline/spotdiff' for UI/CLI-triggered runs")
+    srv = sub.add_parser("serve", help="serve deployment 'spotdiff-pipeline/spotdiff' for UI-triggered runs")
     srv.add_argument("--name", default="spotdiff")
     args = ap.parse_args(argv)
     if args.cmd == "serve":

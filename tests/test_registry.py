@@ -182,8 +182,8 @@ def test_register_promote_and_predict(workspace):
     # The model's md5 comes from dvc.lock when the train stage recorded it there.
     model_path = _write_model(root)
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: spotdiff train\n"
-                                   "    outs:\n    - path: models/cyws.pt\n      md5: 0123456789abcdef0123456789abcdef\n"
-                                   "      size: 1\n")
+                                   "    outs:\n    - path: models/cyws.pt\n"
+                                   "      md5: 0123456789abcdef0123456789abcdef\n      size: 1\n")
     first = _register(workspace, 0.30)
     assert first["version"] == 1 and first["decision"] == "promoted"
     assert first["aliases"] == ["challenger", "champion"] and first["champion_before"] is None

@@ -90,7 +90,7 @@ class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
                 "boxes_b": _as_list(boxes_b), "scores_b": _as_list(scores_b)}
 
 
-MODEL_CODE = '''"""spotdiff CYWS change detector as an MLflow pyfunc (needs the spotdiff package installed)."""
+MODEL_CODE = '''"""spotdiff CYWS change detector as an MLflow pyfunc (needs spotdiff installed)."""
 import mlflow
 
 from spotdiff.registry import CywsPyfuncModel
@@ -389,7 +389,10 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
 
 def promote_version(params: Any, version: str | int, alias: str = CHAMPION,
                     root: str | Path | None = None) -> dict:
-    """Point `alias` of `register.model_name` at `version`; return {"model_name","version","alias","previous"}."""
+    """Point `alias` of `register.model_name` at `version`.
+
+    Returns {"model_name", "version", "alias", "previous"} (previous: the version it pointed at, or None).
+    """
     import mlflow  # noqa: F401
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -410,7 +413,8 @@ def promote_version(params: Any, version: str | int, alias: str = CHAMPION,
         client.get_model_version(name, text)
     except MlflowException:
         raise SpotdiffError(f"model {name} version {text}: not in the registry at {redact_uri(uri)}; "
-                            "pick an existing version (registry/registration.json lists the latest)") from None
+                            "pick an existing version (registry/registration.json lists the latest)"
+                            ) from None
     try:
         previous: Optional[int] = int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
