@@ -119,7 +119,10 @@ def sample_object_size(rng: np.random.Generator, width: int, height: int) -> tup
     """Object box size, drawn so that small, medium and large (COCO classes) all occur."""
     size_class = rng.choice(3, p=[0.35, 0.4, 0.25])
     lo, hi = {0: (12, 30), 1: (34, 90), 2: (100, 170)}[int(size_class)]
-    side = rng.uniform(lo, min(hi, 0.8 * min(width, height)))
+    limit = 0.8 * min(width, height)  # small canvases cannot hold the larger classes
+    hi = min(hi, limit)
+    lo = min(lo, hi)
+    side = rng.uniform(lo, hi)
     aspect = rng.uniform(0.6, 1.6)
     w = int(np.clip(side * np.sqrt(aspect), 8, width - 2))
     h = int(np.clip(side / np.sqrt(aspect), 8, height - 2))
