@@ -32,14 +32,18 @@ def _scale(img: np.ndarray) -> float:
     return max(img.shape[0], img.shape[1]) / 500.0
 
 
-def color_for(label: int) -> tuple[int, int, int]:
-    return PALETTE[(int(label) - 1) % len(PALETTE)]
+def color_for(label: int | str) -> tuple[int, int, int]:
+    """The palette colour of box number `label` (any other label: a stable colour of its own)."""
+    if isinstance(label, (int, np.integer)):
+        return PALETTE[(int(label) - 1) % len(PALETTE)]
+    return PALETTE[sum(str(label).encode()) % len(PALETTE)]
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence[int] | None = None,
+def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence[int | str] | None = None,
                scores: Sequence[float] | None = None, color: tuple[int, int, int] | None = None,
                show_scores: bool = True) -> np.ndarray:
-    """Draw xyxy boxes with a numbered tag each (label k, or 1..N); returns a new image."""
+    """Draw xyxy boxes with a tag each ("#k" for integer labels, 1..N by default, or the label's text),
+    plus the score when given; returns a new image."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
@@ -61,7 +65,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence
         # dark outline under the coloured box keeps it visible on bright and dark backgrounds
         draw.rectangle([x1 - 1, y1 - 1, x2, y2], outline=(0, 0, 0), width=width + 2)
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=col, width=width)
-        text = f"#{label}"
+        text = f"#{label}" if isinstance(label, (int, np.integer)) else str(label)
         if show_scores and scores is not None and i < len(scores):
             text += f" {float(scores[i]):.2f}"
         tb = draw.textbbox((0, 0), text, font=font)
