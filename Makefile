@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-all bench clean-outputs
+.PHONY: install run test test-all bench retrain-if-stale
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,7 @@ install: $(STAMP)
 
 ## Command one: reproduce the whole DVC pipeline on the embedded default and say where results are.
 run: install
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
 ## Command two: the test suite (fast tests; slow and GPU tests are marked).
@@ -37,3 +37,9 @@ test-all: install
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## CI's retraining rule: when dvc.lock no longer matches params/code, reproduce the pipeline on the
+## embedded default and fail if the primary AP falls below register.ap_floor.
+retrain-if-stale: install
+	@if $(BIN)/spotdiff lock-status; then :; else \
+	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro && $(BIN)/spotdiff check-floor; fi
