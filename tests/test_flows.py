@@ -195,3 +195,66 @@ def test_workspace_lock_refuses_a_second_run(toy_repo: Path):
 def test_repo_without_dvc_yaml_is_refused(tmp_path: Path):
     with pytest.raises(pipeline.PipelineError, match="no dvc.yaml"):
         pipeline.resolve_repo(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the real pipeline, end to end
+
+TINY_OVERRIDES = {
+    "data.num_images": 8, "data.image_width": 128, "data.image_height": 96, "data.max_objects": 3,
+    "inpaint.max_versions": 2, "pairs.pairs_per_image": 1, "pairs.val_fraction": 0.25,
+    "pairs.preview_count": 2, "model.image_size": 64, "train.max_epochs": 1, "train.batch_size": 4,
+    "train.preview_pairs": 2, "testsets.pairs_per_set": 2, "testsets.image_size": 128,
+    "evaluate.samples_to_draw": 1,
+}
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path, monkeypatch) -> Path:
+    """This repository's pipeline (dvc.yaml, params.yaml, the code it depends on) in a fresh git repo."""
+    import shutil
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    _sh(["git", "init", "-q"], repo)
+    _sh(["git", "config", "user.email", "t@example.com"], repo)
+    _sh(["git", "config", "user.name", "t"], repo)
+    _sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    _sh(["git", "add", "-A"], repo)
+    _sh(["git", "commit", "-q", "-m", "project"], repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return repo
+
+
+def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, project_copy: Path):
+    import mlflow
+    from prefect.artifacts import Artifact
+
+    result = pipeline.spotdiff_pipeline(overrides=TINY_OVERRIDES, repo=str(project_copy), retry_delay_seconds=0)
+    assert [r["stage"] for r in result["stages"]] == list(pipeline.STAGES)
+    for name in ("data/source/instances.json", "data/pairs/manifest.json", "models/cyws.pt",
+                 "eval/metrics.json", "eval/report.md", "registry/registration.json"):
+        assert (project_copy / name).is_file(), name
+    status = _sh([sys.executable, "-m", "dvc", "status"], project_copy)
+    assert "up to date" in status.lower(), status
+
+    md = Artifact.get(pipeline.ARTIFACT_KEY).data
+    assert "| COCO-Inpainted (stand-in) | **all** |" in md and "SSIM AP@0.5" in md  # the AP table
+
+    client = mlflow.MlflowClient()
+    first = json.loads((project_copy / "registry/registration.json").read_text())
+    assert first["decision"] == "promoted"
+    assert client.get_model_version_by_alias("spotdiff", "champion").version == str(first["version"])
+
+    # A second run that does not beat the champion by the margin registers a challenger only.
+    again = pipeline.spotdiff_pipeline(overrides={"train.max_epochs": 2, "register.promote_margin": 0.9},
+                                       stages=["train", "evaluate", "register"], repo=str(project_copy),
+                                       retry_delay_seconds=0)
+    assert [r["stage"] for r in again["stages"]] == ["train", "evaluate", "register"]
+    second = json.loads((project_copy / "registry/registration.json").read_text())
+    assert second["version"] == first["version"] + 1
+    assert second["decision"] != "promoted"
+    assert client.get_model_version_by_alias("spotdiff", "champion").version == str(first["version"])
+    assert client.get_model_version_by_alias("spotdiff", "challenger").version == str(second["version"])
