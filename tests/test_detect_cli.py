@@ -224,9 +224,10 @@ def test_bad_input_exit_2_one_line_no_outputs(pair, capsys, tmp_path, case):
     assert not (tmp_path / "never").exists() and not (tmp_path / "never.json").exists()
 
 
-def test_cyws_without_a_model_is_a_clear_error(pair, capsys, tmp_path):
+def test_cyws_without_a_model_is_a_clear_error(pair, capsys, tmp_path, monkeypatch):
     """No learned module, or no models/cyws.pt in cwd and no --model: exit 2 with the same advice."""
     a, b, _ = pair
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # no registry to find a champion in
     rc, _, err = _run(["detect", a, b, "--method", "cyws", "--out", "o"], capsys)
     assert rc == 2 and "--method cyws needs a trained model" in err and not (tmp_path / "o").exists()
     assert len(err.strip().splitlines()) == 1

@@ -240,6 +240,18 @@ def test_register_promote_and_predict(workspace):
     assert len(boxes_b) == 0 or boxes_b[:, [0, 2]].max() <= 80 + 1e-6
     assert model_path.exists()
 
+    # `spotdiff detect --method cyws` with no --model uses the registry's champion (here version 3).
+    from PIL import Image
+
+    from spotdiff.detect import default_model_ref
+
+    assert default_model_ref() == f"models:/{MODEL_NAME}@champion"
+    Image.fromarray(img_a).save(root / "a.png")
+    Image.fromarray(img_b).save(root / "b.png")
+    assert main(["detect", "a.png", "b.png", "--method", "cyws", "--json", "r.json", "--out", "o"]) == 0
+    report = json.loads((root / "r.json").read_text())
+    assert report["model"] == f"models:/{MODEL_NAME}@champion" and len(report["images"][0]["boxes"]) >= 1
+
 
 # ---------------------------------------------------------------- serving over HTTP
 

@@ -35,6 +35,7 @@ from spotdiff.params import DEFAULT_PARAMS_PATH, Params, SsimParams, load_params
 METHODS = ("ssim", "cyws")
 ALIGNS = ("none", "homography")
 DEFAULT_MODEL_REF = "models/cyws.pt"
+DISPLAY_TOP_K = 5  # boxes drawn for the learned method (after NMS), as the paper's figures
 
 
 @dataclass
@@ -96,30 +97,46 @@ def parse_min_score(value: Any) -> float | None:
     return s
 
 
-def _cyws_detector(model: str | None, device: str | None):
-    """The seam to the learned method: `spotdiff.methods.learned.CywsDetector.from_reference(ref)`."""
-    import importlib
+CHAMPION_REF = "models:/spotdiff@champion"  # with the default register.model_name
 
-    try:  # written separately (the CYWS inference wrapper)
-        learned = importlib.import_module("spotdiff.methods.learned")
-    except ModuleNotFoundError as exc:
-        if exc.name == "spotdiff.methods.learned":
-            raise SpotdiffError(
-                "--method cyws needs a trained model: the learned method (spotdiff.methods.learned) is "
-                "not available in this installation; use --method ssim, or train one (`dvc repro train`) "
-                "with a spotdiff that ships it") from None
-        raise
-    ref = model or DEFAULT_MODEL_REF
-    if model is None and "://" not in ref and not Path(ref).exists():
-        raise SpotdiffError(f"--method cyws needs a trained model: {ref} does not exist; train one "
-                            "(`dvc repro train`) or pass --model PATH_OR_REGISTRY_REF")
-    kwargs = {"device": device} if device else {}
-    try:
-        return learned.CywsDetector.from_reference(ref, **kwargs)
-    except TypeError:
-        if kwargs:
-            return learned.CywsDetector.from_reference(ref)
-        raise
+
+def default_model_ref() -> str | None:
+    """The registry's champion when this repo's MLflow store has one, else models/cyws.pt if present."""
+    import os
+
+    from spotdiff import tracking
+
+    root = tracking.find_repo_root()
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    db = root / "mlruns" / "mlflow.db"
+    if uri or db.is_file():  # never create a store just to look into it
+        try:
+            name = load_params(root / "params.yaml").register.model_name
+        except SpotdiffError:
+            name = Params().register.model_name
+        try:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri or f"sqlite:///{db}")
+            client.get_model_version_by_alias(name, "champion")
+            return f"models:/{name}@champion"
+        except Exception:  # no such model / alias, or no reachable store: fall back to the file
+            pass
+    return DEFAULT_MODEL_REF if Path(DEFAULT_MODEL_REF).is_file() else None
+
+
+def _cyws_detector(model: str | None, device: str | None):
+    """The learned detector for `--model` (path, models:/…, runs:/…) or the default reference."""
+    from spotdiff.methods.learned import CywsDetector
+
+    ref = model or default_model_ref()
+    if ref is None:
+        raise SpotdiffError(f"--method cyws needs a trained model: the MLflow registry has no "
+                            f"{CHAMPION_REF} and {DEFAULT_MODEL_REF} does not exist; train one "
+                            "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
+    detector = CywsDetector.from_reference(ref, device=device)
+    detector.reference = ref
+    return detector
 
 
 def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
@@ -185,11 +202,19 @@ def run(req: Request, keep_maps: bool = False) -> tuple[dict[str, Any], PairDete
         dets = PairDetections.from_tuple(result, size_a, size_b, paired=False)
         dets.drop_ignored(req.ignore_mask)
     dets.filter(top_k=req.top_k, min_score=req.min_score)
+    if req.method == "cyws":
+        # The JSON keeps every box (the evaluation protocol); pictures show the top-k after NMS.
+        from spotdiff.methods.learned import suppress
+
+        k = req.top_k or DISPLAY_TOP_K
+        ba, sa = suppress(dets.boxes_a, dets.scores_a, top_k=k)
+        bb, sb = suppress(dets.boxes_b, dets.scores_b, top_k=k)
+        dets.extras["display"] = PairDetections(ba, sa, bb, sb, size_a, size_b)
     detect_s = time.perf_counter() - t0
-    diagnostics = {k: v for k, v in dets.extras.items() if k not in ("diff", "valid")}
+    diagnostics = {k: v for k, v in dets.extras.items() if k not in ("diff", "valid", "display")}
     report: dict[str, Any] = {
         "method": req.method,
-        "model": (req.model or DEFAULT_MODEL_REF) if req.method == "cyws" else None,
+        "model": getattr(req.detector, "reference", req.model) if req.method == "cyws" else None,
         **dets.to_json(str(req.path_a), str(req.path_b)),
         "num_changes": len(dets),
         "settings": req.settings,

@@ -105,8 +105,9 @@ def detect(
         report, dets = run(req, keep_maps=True)
 
     # ---- everything below only writes
-    ann_a = draw_boxes(req.img_a, dets.boxes_a, dets.labels_a, dets.scores_a)
-    ann_b = draw_boxes(req.img_b, dets.boxes_b, dets.labels_b, dets.scores_b)
+    shown = dets.extras.get("display", dets)  # the learned method draws its top-k after NMS
+    ann_a = draw_boxes(req.img_a, shown.boxes_a, shown.labels_a, shown.scores_a)
+    ann_b = draw_boxes(req.img_b, shown.boxes_b, shown.labels_b, shown.scores_b)
     tiles = [ann_a, ann_b]
     captions = [f"A: {req.path_a.name}  {req.img_a.shape[1]}x{req.img_a.shape[0]}",
                 f"B: {req.path_b.name}  {req.img_b.shape[1]}x{req.img_b.shape[0]}"]

@@ -30,7 +30,7 @@ def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> 
 
 def _resolve_checkpoint(ref: str) -> Path:
     """A local .pt for `ref`: the path itself, or the checkpoint inside an MLflow model/run artifact."""
-    if "://" not in ref:
+    if "://" not in ref and not ref.startswith(("models:/", "runs:/")):
         return Path(ref)
     if not ref.startswith(("models:/", "runs:/")):
         raise SpotdiffError(f"--model {ref}: unknown reference; give a checkpoint path, "
