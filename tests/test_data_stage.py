@@ -22,6 +22,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from spotdiff.cli import main
+from spotdiff import download as fetching
 from spotdiff.data import coco2017
 from spotdiff.data.embedded import size_class
 from spotdiff.data.source import write_dataset
@@ -274,7 +275,7 @@ def test_download_resumes_a_partial_file_with_range(tmp_path, coco_server):
     part = dest.with_name(dest.name + ".part")
     half = src.read_bytes()[: src.stat().st_size // 2]
     part.write_bytes(half)
-    coco2017.download(f"{url}/zips/train2017.zip", dest, _md5(src))
+    fetching.download(f"{url}/zips/train2017.zip", dest, _md5(src))
     assert dest.read_bytes() == src.read_bytes()
     assert not part.exists()
     assert _RangeHandler.requests[-1][1] == f"bytes={len(half)}-"
@@ -283,15 +284,15 @@ def test_download_resumes_a_partial_file_with_range(tmp_path, coco_server):
 def test_download_with_wrong_md5_is_not_trusted(tmp_path, coco_server):
     url, _ = coco_server
     dest = tmp_path / "a.zip"
-    with pytest.raises(SpotdiffError, match="md5 mismatch"):
-        coco2017.download(f"{url}/zips/train2017.zip", dest, "0" * 32)
+    with pytest.raises(SpotdiffError, match="MD5 mismatch"):
+        fetching.download(f"{url}/zips/train2017.zip", dest, "0" * 32)
     assert not dest.exists() and not dest.with_name("a.zip.part").exists()
 
 
 def test_download_http_error_is_a_clear_error(tmp_path, coco_server):
     url, _ = coco_server
     with pytest.raises(SpotdiffError, match="HTTP 404"):
-        coco2017.download(f"{url}/zips/nothing.zip", tmp_path / "n.zip")
+        fetching.download(f"{url}/zips/nothing.zip", tmp_path / "n.zip")
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
@@ -302,7 +303,7 @@ def test_extraction_refuses_paths_escaping_the_target(tmp_path, member):
         zf.writestr(member, "evil")
     target = tmp_path / "target"
     with pytest.raises(SpotdiffError, match="would escape"):
-        coco2017.extract_members(archive, target)
+        fetching.extract_archive(archive, target)
     assert not (tmp_path / "evil.txt").exists()
     assert not (target / "ok.txt").exists()  # all members are checked before any is written
 

@@ -227,7 +227,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_inpaint_stage_writes_the_layout_and_resumes_after_a_kill(tmp_path):
     source = make_coco_source(tmp_path / "source", num_images=6)
     params = InpaintParams(max_versions=3, dilate_px=2, batch_size=2)
-    clean = run_inpaint(params, source, tmp_path / "clean")
+    run_inpaint(params, source, tmp_path / "clean")
     ds = CocoInpainted(tmp_path / "clean")
     assert ds.indices == [10, 11, 12, 13, 14, 15]
     for idx in ds.indices:

@@ -95,7 +95,6 @@ def _grey_or_rgb_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _pil_to_rgb(img) -> np.ndarray:
-    from PIL import Image
 
     mode = img.mode
     if mode == "P" or mode == "PA":

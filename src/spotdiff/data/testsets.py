@@ -31,21 +31,17 @@ and special files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
-import tarfile
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from spotdiff.download import download as fetch
+from spotdiff.download import extract_archive, file_digest
 from spotdiff.errors import SpotdiffError
 
 STANDIN_MARKER = "STANDIN.txt"
@@ -458,15 +454,7 @@ def find_testsets(root: str | Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- official download
 
-CHUNK = 1 << 20
-
-
-def sha512sum(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+HINT = "check testsets.official_base_url"
 
 
 def parse_sha512sums(text: str, source: str) -> dict[str, str]:
@@ -486,82 +474,6 @@ def parse_sha512sums(text: str, source: str) -> dict[str, str]:
     return out
 
 
-def _fetch(url: str, dest: Path, timeout: float) -> None:
-    from tqdm import tqdm
-
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = resp.headers.get("Content-Length")
-            with open(part, "wb") as fh, tqdm(total=int(total) if total else None, unit="B",
-                                              unit_scale=True, desc=f"download {dest.name}") as bar:
-                for block in iter(lambda: resp.read(CHUNK), b""):
-                    fh.write(block)
-                    bar.update(len(block))
-    except urllib.error.HTTPError as exc:
-        part.unlink(missing_ok=True)
-        raise SpotdiffError(f"{url}: download failed (HTTP {exc.code}); check "
-                            "testsets.official_base_url") from None
-    except (urllib.error.URLError, OSError) as exc:
-        part.unlink(missing_ok=True)
-        raise SpotdiffError(f"{url}: download failed ({getattr(exc, 'reason', exc)}); check the network "
-                            "or testsets.official_base_url") from None
-    os.replace(part, dest)
-
-
-def _safe_target(root: Path, name: str, archive: Path) -> Path:
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
-        raise SpotdiffError(f"{archive}: member {name!r} would escape the target folder; refusing to "
-                            "extract this archive")
-    target = (root / pure).resolve()
-    if target != root.resolve() and root.resolve() not in target.parents:
-        raise SpotdiffError(f"{archive}: member {name!r} would escape the target folder; refusing to "
-                            "extract this archive")
-    return target
-
-
-def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract a zip or tar(.gz/.bz2/.xz) into `dest`; every member is checked before any is written."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            members = [(info, _safe_target(dest, info.filename, archive)) for info in zf.infolist()]
-            for info, target in members:
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise SpotdiffError(f"{archive}: member {info.filename!r} is a symbolic link; refusing "
-                                        "to extract this archive")
-            for info, target in members:
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-        return
-    try:
-        tf = tarfile.open(archive)
-    except tarfile.TarError:
-        raise SpotdiffError(f"{archive}: neither a zip nor a tar archive; delete it and rerun") from None
-    with tf:
-        members = tf.getmembers()
-        for m in members:
-            _safe_target(dest, m.name, archive)
-            if not (m.isfile() or m.isdir()):
-                raise SpotdiffError(f"{archive}: member {m.name!r} is a link or special file; refusing "
-                                    "to extract this archive")
-        for m in members:
-            target = _safe_target(dest, m.name, archive)
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            assert src is not None
-            with src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-
-
 def download(base_url: str, dest: str | Path, archives: Sequence[str] = (), cache: str | Path | None = None,
              timeout: float = 60.0) -> list[Path]:
     """Fetch `archives` (default: all listed) from `base_url`, verify SHA512 against
@@ -577,7 +489,8 @@ def download(base_url: str, dest: str | Path, archives: Sequence[str] = (), cach
     cache = Path(cache) if cache is not None else dest / ".archives"
     cache.mkdir(parents=True, exist_ok=True)
     sums_path = cache / "SHA512SUMS"
-    _fetch(urllib.parse.urljoin(base, "SHA512SUMS"), sums_path, timeout)
+    sums_path.unlink(missing_ok=True)  # the list itself is always fetched fresh
+    fetch(urllib.parse.urljoin(base, "SHA512SUMS"), sums_path, hint=HINT, timeout=timeout)
     sums = parse_sha512sums(sums_path.read_text(errors="replace"), urllib.parse.urljoin(base, "SHA512SUMS"))
     wanted = list(archives) or sorted(sums)
     unknown = [a for a in wanted if a not in sums]
@@ -587,14 +500,9 @@ def download(base_url: str, dest: str | Path, archives: Sequence[str] = (), cach
     paths = []
     for name in wanted:
         local = cache / PurePosixPath(name).name
-        if not (local.is_file() and sha512sum(local) == sums[name]):
-            _fetch(urllib.parse.urljoin(base, urllib.parse.quote(name)), local, timeout)
-            got = sha512sum(local)
-            if got != sums[name]:
-                local.unlink()
-                raise SpotdiffError(f"{urllib.parse.urljoin(base, name)}: SHA512 mismatch (expected "
-                                    f"{sums[name][:16]}…, got {got[:16]}…); the download was removed — "
-                                    "rerun")
+        if local.is_file() and file_digest(local, "sha512") != sums[name]:
+            local.unlink()
+        fetch(urllib.parse.urljoin(base, urllib.parse.quote(name)), local, sums[name], "sha512", HINT, timeout)
         paths.append(local)
     for path in paths:
         extract_archive(path, dest)
