@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-all bench retrain-if-stale
+.PHONY: install run test test-fast bench retrain-if-stale
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,13 +27,13 @@ run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
-## Command two: the test suite (fast tests; slow and GPU tests are marked).
+## Command two: the whole test suite (about 3 minutes on 2 cores; GPU tests skip without a GPU).
 test: install
-	$(BIN)/pytest -q -m "not slow"
-
-## Everything, slow tests included.
-test-all: install
 	$(BIN)/pytest -q
+
+## The quick subset: without the tests marked slow (2-process DDP, the served model over HTTP).
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

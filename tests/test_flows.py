@@ -229,6 +229,8 @@ def project_copy(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, project_copy: Path):
+    import os
+
     import mlflow
     from prefect.artifacts import Artifact
 
@@ -243,10 +245,11 @@ def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, pr
     md = Artifact.get(pipeline.ARTIFACT_KEY).data
     assert "| COCO-Inpainted (stand-in) | **all** |" in md and "SSIM AP@0.5" in md  # the AP table
 
-    client = mlflow.MlflowClient()
+    # the stages ran with this env; ask the same store explicitly (other tests move mlflow's global URI)
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     first = json.loads((project_copy / "registry/registration.json").read_text())
     assert first["decision"] == "promoted"
-    assert client.get_model_version_by_alias("spotdiff", "champion").version == str(first["version"])
+    assert int(client.get_model_version_by_alias("spotdiff", "champion").version) == first["version"]
 
     # A second run that does not beat the champion by the margin registers a challenger only.
     again = pipeline.spotdiff_pipeline(overrides={"train.max_epochs": 2, "register.promote_margin": 0.9},
@@ -256,5 +259,5 @@ def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, pr
     second = json.loads((project_copy / "registry/registration.json").read_text())
     assert second["version"] == first["version"] + 1
     assert second["decision"] != "promoted"
-    assert client.get_model_version_by_alias("spotdiff", "champion").version == str(first["version"])
-    assert client.get_model_version_by_alias("spotdiff", "challenger").version == str(second["version"])
+    assert int(client.get_model_version_by_alias("spotdiff", "champion").version) == first["version"]
+    assert int(client.get_model_version_by_alias("spotdiff", "challenger").version) == second["version"]
