@@ -116,8 +116,17 @@ def detect(
         tiles.append(heatmap_overlay(req.img_a, diff, alpha=0.55, vmin=0.0, vmax=1.0,
                                      mask=dets.extras.get("valid")))
         captions.append("difference (1 - SSIM) on A")
+    if req.method == "cyws" and len(shown.boxes_a):
+        # co-attention: where the model looks in B from the centre of its top change in A
+        x1, y1, x2, y2 = shown.boxes_a[0]
+        attention = req.detector.attention_from(req.img_a, req.img_b, ((x1 + x2) / 2, (y1 + y2) / 2))
+        if attention is not None:
+            tiles.append(heatmap_overlay(req.img_b, attention, alpha=0.55))
+            captions.append("co-attention on B from A's box #1")
     model_txt = f" ({report['model']})" if report["model"] else ""
-    header = (f"spotdiff detect | method {req.method}{model_txt} | {len(dets)} change(s)"
+    count = (f"top {len(shown)} of {len(dets)} boxes after NMS" if shown is not dets
+             else f"{len(dets)} change(s)")
+    header = (f"spotdiff detect | method {req.method}{model_txt} | {count}"
               + (f" | align {dets.extras['align']}" if "align" in dets.extras else ""))
     panel = side_by_side(tiles, header=header, captions=captions)
     report["outputs"] = {k: str(v) for k, v in paths.items()}

@@ -93,6 +93,21 @@ class CywsDetector:
             ))
         return results
 
+    @torch.no_grad()
+    def attention_from(self, img_a: np.ndarray, img_b: np.ndarray, point_a: tuple[float, float]
+                       ) -> np.ndarray | None:
+        """Where the deepest co-attention looks in B from the point (x, y) of A: an h×w map over B
+        (sums to 1), or None for the NOAM ablation."""
+        attn = self.model.attention_maps(_to_input([img_a], self.size, self.device),
+                                         _to_input([img_b], self.size, self.device))
+        if attn is None:
+            return None
+        a_to_b = attn["a_to_b"][0]  # h×w (query in A) × h×w (over B)
+        h, w = a_to_b.shape[:2]
+        qx = int(np.clip(point_a[0] / img_a.shape[1] * w, 0, w - 1))
+        qy = int(np.clip(point_a[1] / img_a.shape[0] * h, 0, h - 1))
+        return a_to_b[qy, qx].float().cpu().numpy()
+
     def detect(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         boxes_a, scores_a, boxes_b, scores_b = self.detect_batch([img_a], [img_b])[0]
