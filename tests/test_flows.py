@@ -242,6 +242,15 @@ def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, pr
     status = _sh([sys.executable, "-m", "dvc", "status"], project_copy)
     assert "up to date" in status.lower(), status
 
+    # A param change makes exactly the stage that reads it stale (the rest follows through its deps).
+    params_text = (project_copy / "params.yaml").read_text()
+    for edit, stage in ((("backend: opencv", "backend: lama"), "inpaint"), (("seed: 0\n  p_inpainted", "seed: 7\n  p_inpainted"), "pairs")):
+        assert edit[0] in params_text
+        (project_copy / "params.yaml").write_text(params_text.replace(edit[0], edit[1], 1))
+        stale = json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], project_copy))
+        assert list(stale) == [stage], stale
+    (project_copy / "params.yaml").write_text(params_text)
+
     md = Artifact.get(pipeline.ARTIFACT_KEY).data
     assert "| COCO-Inpainted (stand-in) | **all** |" in md and "SSIM AP@0.5" in md  # the AP table
 
