@@ -40,10 +40,8 @@ def _resolve_checkpoint(ref: str) -> Path:
     from spotdiff import tracking
 
     uri = tracking.tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+    try:  # explicit URIs: setting mlflow's globals here would leak into the caller's process
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=uri, registry_uri=uri))
     except Exception as exc:  # unknown model / alias / run, unreachable store
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpotdiffError(f"--model {ref}: cannot load it from MLflow at {tracking.redact_uri(uri)} "
