@@ -13,9 +13,12 @@ RESULT_PATHS = [
     ("training pairs (look at preview.png)", "data/pairs/preview.png"),
     ("trained model", "models/cyws.pt"),
     ("training summary", "models/train.json"),
+    ("val predictions (picture)", "models/val_predictions.png"),
     ("test sets (stand-ins)", "data/testsets"),
     ("evaluation report", "eval/report.md"),
     ("evaluation metrics", "eval/metrics.json"),
+    ("PR curves (picture)", "eval/pr_curves.png"),
+    ("example detections (pictures)", "eval/samples"),
     ("registry decision", "registry/registration.json"),
 ]
 
