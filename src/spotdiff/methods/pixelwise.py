@@ -241,7 +241,10 @@ def estimate_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, 
             if _plausible(refined, w, h) and _corner_shift(refined, H, w, h) < 0.05 * max(w, h):
                 return refined, kind + "+ecc", notes
             return H, kind, notes
-        notes.append(f"{kind}: too few consistent matches ({n} inliers, need {MIN_INLIERS})")
+        if n < MIN_INLIERS:
+            notes.append(f"{kind}: too few consistent matches ({n} inliers, need {MIN_INLIERS})")
+        else:
+            notes.append(f"{kind}: {n} inliers, but their homography is implausible (extreme warp)")
     H = _ecc_homography(a, b)
     if _plausible(H, w, h):
         return H / H[2, 2], "ecc", notes
