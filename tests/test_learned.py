@@ -67,3 +67,11 @@ def test_references(tmp_path):
         CywsDetector.from_reference(tmp_path / "missing.pt")
     with pytest.raises(SpotdiffError, match="unknown reference"):
         CywsDetector.from_reference("http://example.invalid/model.pt")
+
+
+def test_checkpoints_are_byte_deterministic(tmp_path):
+    """The same weights give the same file bytes (DVC hashes outputs; temp names must not leak in)."""
+    model = CYWS(backbone="resnet18", image_size=64)
+    save_model(model, tmp_path / "one.pt")
+    save_model(model, tmp_path / "two.pt")
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()

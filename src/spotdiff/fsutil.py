@@ -40,6 +40,20 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def torch_save_atomic(path: str | Path, obj: Any) -> None:
+    """`torch.save` to `path` atomically, with the same bytes for the same object.
+
+    (Saved straight to a file, torch names the archive after the file, here a random temp name.)
+    """
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

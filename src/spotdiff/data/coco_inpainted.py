@@ -44,7 +44,7 @@ import numpy as np
 
 from spotdiff.data.safe_pickle import load_npy_plain
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import atomic_path, write_bytes_atomic
+from spotdiff.fsutil import atomic_path, torch_save_atomic, write_bytes_atomic
 
 ORIGINALS_DIR = "images_and_masks"
 INPAINTED_DIR = "inpainted"
@@ -394,11 +394,8 @@ class CocoInpaintedWriter:
 
     def write_test_augmentation(self, idx: int, kind: str, params: dict) -> Path:
         """Store `{"aff": {...}, "jit": {...}}` (plain tensors) for item `idx`, `kind` in AUG_KINDS."""
-        import torch
-
         if kind not in AUG_KINDS:
             raise ValueError(f"kind must be one of {AUG_KINDS}")
         path = self.root / TEST_AUG_DIR / kind / f"{idx}.params"
-        with atomic_path(path) as tmp:
-            torch.save(params, tmp)
+        torch_save_atomic(path, params)
         return path

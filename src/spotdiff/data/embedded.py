@@ -115,18 +115,25 @@ class SceneObject:
     mask: np.ndarray  # H×W bool, visible part
 
 
+def sample_box_size(rng: np.random.Generator, side_range: tuple[float, float], limit: float,
+                    aspect_range: tuple[float, float], min_side: int, width: int, height: int
+                    ) -> tuple[int, int]:
+    """A w×h of geometric-mean side in `side_range` (capped at `limit`: small canvases cannot hold
+    the larger sizes) and aspect in `aspect_range`, fitting a width×height canvas."""
+    hi = min(side_range[1], limit)
+    lo = min(side_range[0], hi)
+    side = rng.uniform(lo, hi)
+    aspect = rng.uniform(*aspect_range)
+    w = int(np.clip(side * np.sqrt(aspect), min_side, width - 2))
+    h = int(np.clip(side / np.sqrt(aspect), min_side, height - 2))
+    return w, h
+
+
 def sample_object_size(rng: np.random.Generator, width: int, height: int) -> tuple[int, int]:
     """Object box size, drawn so that small, medium and large (COCO classes) all occur."""
     size_class = rng.choice(3, p=[0.35, 0.4, 0.25])
-    lo, hi = {0: (12, 30), 1: (34, 90), 2: (100, 170)}[int(size_class)]
-    limit = 0.8 * min(width, height)  # small canvases cannot hold the larger classes
-    hi = min(hi, limit)
-    lo = min(lo, hi)
-    side = rng.uniform(lo, hi)
-    aspect = rng.uniform(0.6, 1.6)
-    w = int(np.clip(side * np.sqrt(aspect), 8, width - 2))
-    h = int(np.clip(side / np.sqrt(aspect), 8, height - 2))
-    return w, h
+    side_range = {0: (12, 30), 1: (34, 90), 2: (100, 170)}[int(size_class)]
+    return sample_box_size(rng, side_range, 0.8 * min(width, height), (0.6, 1.6), 8, width, height)
 
 
 def paste_random_object(rng: np.random.Generator, image: np.ndarray, category_id: int | None = None,

@@ -35,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from spotdiff.boxes import mask_to_box
-from spotdiff.data.embedded import background, paste_random_object
+from spotdiff.data.embedded import background, paste_random_object, sample_box_size
+from spotdiff.data.source import encode_mask
 from spotdiff.data.testsets import COCO_SUBSETS, STANDIN_MARKER
 
 _KIND_IDS = {"coco_inpainted": 1, "synthtext_change": 2, "virat_std": 3, "kubric_change": 4}
@@ -68,7 +69,7 @@ class _Layer:
 
 def _make_layer(rng: np.random.Generator, bg: np.ndarray, size: tuple[int, int] | None = None) -> _Layer:
     canvas = bg.copy()
-    if size is None:  # our own size draw: embedded's assumes images of at least ~128 px
+    if size is None:  # our own size classes (the stand-ins are square and may be small)
         size = _target_size(rng, str(rng.choice(["small", "medium", "large"], p=[0.35, 0.4, 0.25])),
                             min(bg.shape[:2]))
     mask = paste_random_object(rng, canvas, size=size)
@@ -83,24 +84,10 @@ def _composite(bg: np.ndarray, layers: list[_Layer]) -> np.ndarray:
 
 
 def _target_size(rng: np.random.Generator, subset: str, size: int) -> tuple[int, int]:
-    lo, hi = _SIDES[subset]
-    hi = min(hi, int(0.7 * size))
-    lo = min(lo, hi)
-    side = rng.uniform(lo, hi)
-    aspect = rng.uniform(0.75, 1.33)
-    w = int(np.clip(side * np.sqrt(aspect), 6, size - 2))
-    h = int(np.clip(side / np.sqrt(aspect), 6, size - 2))
-    return w, h
+    return sample_box_size(rng, _SIDES[subset], int(0.7 * size), (0.75, 1.33), 6, size, size)
 
 
 # ---------------------------------------------------------------- COCO-Inpainted
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def write_coco_inpainted_standin(root: Path, subset: str, pairs: int, size: int, seed: int) -> dict:
@@ -139,7 +126,7 @@ def write_coco_inpainted_standin(root: Path, subset: str, pairs: int, size: int,
         for k, m in enumerate(visible):
             x1, y1, x2, y2 = mask_to_box(m).tolist()
             anns.append({"id": i * 100 + k + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
-                         "area": float(m.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": _rle(m)})
+                         "area": float(m.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": encode_mask(m)})
         masks = np.stack([visible[k] for k in targets])
         aug = augmenter(original, inpainted, masks, rng=rng)
         writer.write_original(i, original)

@@ -190,12 +190,10 @@ class CYWS(nn.Module):
 
 def save_model(model: CYWS, path: str | Path) -> None:
     """Write the checkpoint atomically (format "spotdiff-cyws/1", tensors on the CPU)."""
-    from spotdiff.fsutil import atomic_path
+    from spotdiff.fsutil import torch_save_atomic
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "model": dict(model.config), "state_dict": state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    torch_save_atomic(path, {"format": FORMAT, "model": dict(model.config), "state_dict": state})
 
 
 def load_model(path: str | Path, map_location: Any = "cpu") -> CYWS:
