@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 from spotdiff.evaluation import average_precision, average_precision_loop
 from spotdiff.fsutil import write_json_atomic
 
@@ -39,15 +39,6 @@ def make_inputs(n_images: int, boxes: int, seed: int, size: float = 256.0):
         dets.append(d)
         scores.append(rng.random(boxes).astype(np.float32))
     return gts, dets, scores
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> int:

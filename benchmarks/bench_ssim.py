@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 from spotdiff.boxes import iou_matrix
 from spotdiff.fsutil import write_json_atomic
 from spotdiff.methods.pixelwise import SsimDetector
@@ -102,15 +102,6 @@ def agreement(ours: np.ndarray, ref: np.ndarray, iou_min: float = 0.9) -> dict:
     return {"ours": int(len(ours)), "reference": int(len(ref)), "matched_iou_ge_0.9": matched,
             "mean_matched_iou": float(np.mean(ious)) if ious else None,
             "same_boxes": bool(matched == len(ours) == len(ref))}
-
-
-def best_of(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def recall(boxes: np.ndarray, truth: np.ndarray) -> float:

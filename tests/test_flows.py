@@ -104,6 +104,16 @@ def _sh(cmd: list[str], cwd: Path) -> str:
     return out.stdout
 
 
+def _commit_as_dvc_repo(repo: Path) -> None:
+    """git init + dvc init the folder and commit what is in it."""
+    _sh(["git", "init", "-q"], repo)
+    _sh(["git", "config", "user.email", "t@example.com"], repo)
+    _sh(["git", "config", "user.name", "t"], repo)
+    _sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    _sh(["git", "add", "-A"], repo)
+    _sh(["git", "commit", "-q", "-m", "fixture"], repo)
+
+
 @pytest.fixture
 def toy_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "toy"
@@ -113,12 +123,7 @@ def toy_repo(tmp_path: Path) -> Path:
     (repo / "make_data.py").write_text(MAKE_DATA)
     (repo / "train.py").write_text(TRAIN)
     (repo / "evaluate.py").write_text(EVALUATE)
-    _sh(["git", "init", "-q"], repo)
-    _sh(["git", "config", "user.email", "t@example.com"], repo)
-    _sh(["git", "config", "user.name", "t"], repo)
-    _sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    _sh(["git", "add", "-A"], repo)
-    _sh(["git", "commit", "-q", "-m", "toy"], repo)
+    _commit_as_dvc_repo(repo)
     return repo
 
 
@@ -218,12 +223,7 @@ def project_copy(tmp_path: Path, monkeypatch) -> Path:
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO_ROOT / name, repo / name)
     shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    _sh(["git", "init", "-q"], repo)
-    _sh(["git", "config", "user.email", "t@example.com"], repo)
-    _sh(["git", "config", "user.name", "t"], repo)
-    _sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    _sh(["git", "add", "-A"], repo)
-    _sh(["git", "commit", "-q", "-m", "project"], repo)
+    _commit_as_dvc_repo(repo)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return repo
 
