@@ -40,10 +40,16 @@ def bench(backbone: str, size: int, pairs: int, batch: int, device: str) -> dict
     for i in range(0, pairs, batch):
         batched += detector.detect_batch(images_a[i:i + batch], images_b[i:i + batch])
     t_batched = time.perf_counter() - started
-    same = all(np.allclose(s[0], b[0], atol=1e-2) for s, b in zip(single, batched))
+    # Same detections: equal score lists, and the boxes found in the other list. An untrained net has
+    # near-tied scores, so a box at the top-100 cut can differ between batch shapes: report the share.
+    scores_equal = all(np.allclose(s[1], b[1], atol=1e-4) for s, b in zip(single, batched))
+    found = np.concatenate([np.abs(s[0][:, None, :] - b[0][None, :, :]).max(axis=2).min(axis=1) < 1e-2
+                            for s, b in zip(single, batched)])
+    same = scores_equal and found.mean() >= 0.98
     return {"backbone": backbone, "image_size": size, "pairs": pairs, "batch": batch, "device": device,
             "s_per_pair_single": t_single / pairs, "s_per_pair_batched": t_batched / pairs,
-            "speedup": t_single / t_batched, "same_boxes": bool(same)}
+            "speedup": t_single / t_batched, "same_boxes": bool(same), "scores_equal": bool(scores_equal),
+            "boxes_matched_fraction": float(found.mean())}
 
 
 def main() -> None:
