@@ -97,9 +97,6 @@ def parse_min_score(value: Any) -> float | None:
     return s
 
 
-CHAMPION_REF = "models:/spotdiff@champion"  # with the default register.model_name
-
-
 def default_model_ref() -> str | None:
     """The registry's champion when this repo's MLflow store has one, else models/cyws.pt if present."""
     import os
@@ -131,8 +128,8 @@ def _cyws_detector(model: str | None, device: str | None):
 
     ref = model or default_model_ref()
     if ref is None:
-        raise SpotdiffError(f"--method cyws needs a trained model: the MLflow registry has no "
-                            f"{CHAMPION_REF} and {DEFAULT_MODEL_REF} does not exist; train one "
+        raise SpotdiffError(f"--method cyws needs a trained model: the MLflow registry has no champion "
+                            f"and {DEFAULT_MODEL_REF} does not exist; train one "
                             "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
     detector = CywsDetector.from_reference(ref, device=device)
     detector.reference = ref

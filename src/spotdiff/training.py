@@ -11,7 +11,6 @@ weights-only format of `spotdiff.models.cyws.save_model` (no Lightning checkpoin
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -156,7 +155,7 @@ def train(params: Params, manifest: Path, out_dir: Path, tracking: bool = True) 
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        if not (out_dir / "cyws.pt").is_file():
+        if best.best_epoch < 0:  # (a cyws.pt from an earlier run must not pass for this run's)
             raise SpotdiffError("training ended without a validation result; check train.max_epochs and the val split")
         summary = {
             "best_val_loss": best.best,
@@ -168,27 +167,24 @@ def train(params: Params, manifest: Path, out_dir: Path, tracking: bool = True) 
             "parameters": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
             "model": model_config,
         }
+        preview = out_dir / "val_predictions.png"
+        draw_val_predictions(out_dir / "cyws.pt", datamodule.val_set, params.train.preview_pairs, preview)
         if tracking:
             summary["mlflow_run_id"] = logger.run_id
             summary["tracking_uri"] = mlflow_setup.redact_uri(mlflow_setup.tracking_uri(params))
-            _log_outcome(logger, out_dir, summary, datamodule, params)
+            _log_outcome(logger, out_dir, summary, preview)
         write_json_atomic(out_dir / "train.json", summary)
     return summary
 
 
-def _log_outcome(logger: Any, out_dir: Path, summary: dict, datamodule: PairDataModule, params: Params) -> None:
-    """Best model, summary and a picture of predictions on a few val pairs, into the MLflow run."""
+def _log_outcome(logger: Any, out_dir: Path, summary: dict, preview: Path) -> None:
+    """Best model, summary and the picture of predictions on a few val pairs, into the MLflow run."""
     client, run_id = logger.experiment, logger.run_id
     client.log_metric(run_id, "best/val_loss", summary["best_val_loss"])
     client.log_artifact(run_id, str(out_dir / "cyws.pt"), artifact_path="model")
-    preview = out_dir / "val_predictions.png"
-    draw_val_predictions(out_dir / "cyws.pt", datamodule.val_set, params.train.preview_pairs, preview)
     if preview.is_file():
         client.log_artifact(run_id, str(preview), artifact_path="previews")
-    with open(out_dir / ".train_summary.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
-    client.log_artifact(run_id, str(out_dir / ".train_summary.json"), artifact_path="summary")
-    (out_dir / ".train_summary.json").unlink()
+    client.log_dict(run_id, summary, "summary/train.json")
 
 
 def draw_val_predictions(model_path: Path, dataset: PairDataset, count: int, out_path: Path) -> None:
