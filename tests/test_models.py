@@ -160,6 +160,17 @@ def test_parameter_breakdown_resnet50():
     assert meta_model(scse=False).param_breakdown()["decoder"] / 1e6 == pytest.approx(19.50, rel=0.01)
 
 
+def test_exact_parameter_counts_of_the_published_layout():
+    """The published R50/3xCoAM/scSE checkpoint holds exactly 49,500,281 parameters (decoder
+    24,503,988): no scSE anywhere in the skip-less last block."""
+    parts = meta_model().param_breakdown()
+    assert parts["total"] == 49_500_281
+    assert parts["decoder"] == 24_503_988
+    assert parts["encoder"] == 23_508_032 and parts["attention"] == 1_377_152 and parts["head"] == 111_109
+    last = meta_model().decoder.blocks[-1]
+    assert isinstance(last.attention1, torch.nn.Identity) and isinstance(last.attention2, torch.nn.Identity)
+
+
 # ---------------------------------------------------------------------------------- centernet
 
 
@@ -358,7 +369,7 @@ def test_model_summary_command(capsys):
 
     assert main(["model-summary", "--backbone", "resnet50", "--attention", "coam"]) == 0
     out = capsys.readouterr().out
-    assert "49,500,926" in out and "23,508,032" in out and "4096 (COAM)" in out
+    assert "49,500,281" in out and "23,508,032" in out and "4096 (COAM)" in out
     assert main(["model-summary", "--backbone", "resnet18", "--no-scse", "--layers", "2"]) == 0
     assert main(["model-summary", "--image-size", "100"]) == 2
 

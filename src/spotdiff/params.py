@@ -152,6 +152,9 @@ class ModelParams:
     # Local ImageNet weights (a torchvision state_dict file). Empty = random init; never downloaded.
     pretrained_weights: str = ""
     max_boxes: int = 100
+    # Co-attention logit scale: "none" (the reference, needed for its published weights) or "sqrt_d"
+    # (1/sqrt(key width): rows do not saturate from random init).
+    attention_scale: Literal["none", "sqrt_d"] = "none"
 
     def validate(self, key: str) -> None:
         _check(1 <= self.attention_layers <= 3, f"{key}.attention_layers", "in [1, 3]",

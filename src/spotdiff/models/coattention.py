@@ -2,7 +2,10 @@
 
 CoAM, for a query map f (B×C×H×W) and the other image's map g (B×C×H'×W'):
     Q = conv1x1_q(f) (B×d×HW),  K = conv1x1_k(g) (B×d×H'W'),  V = g (raw features)
-    A = softmax over the H'W' positions of g of Σ_c Q·K   (no 1/√d scaling, as the reference)
+    A = softmax over the H'W' positions of g of s·Σ_c Q·K
+        s = 1 ("none": the reference's exact semantics, needed for its published weights) or
+        1/√d ("sqrt_d": logits that do not saturate from random init, so rows start near uniform
+        instead of one-hot on an arbitrary position)
     out = [f ‖ A·V]  (2C channels at f's resolution)
 One module serves both directions: `forward(fa, fb)` returns (ψ(fa, fb), ψ(fb, fa)).
 NOAM: out = [f ‖ g], no parameters.
@@ -13,12 +16,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+ATTENTION_SCALES = ("none", "sqrt_d")
+
 
 class CoAttention(nn.Module):
     """Co-attention module (CoAM) for one feature level."""
 
-    def __init__(self, channels: int, key_channels: int) -> None:
+    def __init__(self, channels: int, key_channels: int, scale: str = "none") -> None:
         super().__init__()
+        if scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention scale {scale!r}: use one of {', '.join(ATTENTION_SCALES)}")
+        self.scale = 1.0 if scale == "none" else key_channels ** -0.5
         self.query_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
         self.key_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
 
@@ -27,6 +35,8 @@ class CoAttention(nn.Module):
         q = self.query_conv(query).flatten(2)  # B×d×N
         k = self.key_conv(other).flatten(2)  # B×d×M
         logits = torch.bmm(q.transpose(1, 2), k)  # B×N×M
+        if self.scale != 1.0:
+            logits = logits * self.scale
         return logits.softmax(dim=-1)
 
     def attend(self, query: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,10 @@
 """U-Net decoder of CYWS: 5 blocks, channels (256, 256, 128, 128, 64), nearest ×2 upsampling, skip
 concatenation and (switchable) scSE attention with reduction 16.
 
-Block i: upsample ×2 → concat skip (if any) → scSE on the concatenation (if a skip) → 3×3 conv-BN-ReLU
-→ 3×3 conv-BN-ReLU → scSE on the output. This is the block of segmentation_models_pytorch's Unet
-that the reference used, except that the reference also *built* (and never used) an scSE module on
-the input of the skip-less last block (2 313 parameters at 128 channels); we do not build it.
-The output has 64 channels at the input image's full resolution.
+Block i: upsample ×2 → concat skip (if any) → scSE on the concatenation → 3×3 conv-BN-ReLU
+→ 3×3 conv-BN-ReLU → scSE on the output. The last block has no skip and no scSE at all, neither on
+its input nor on its output: that is the layout of the authors' published checkpoint, so it loads
+strictly and computes the same function. The output has 64 channels at full resolution.
 """
 
 from __future__ import annotations
@@ -49,7 +48,8 @@ class DecoderBlock(nn.Module):
         self.attention1 = SCSE(cat) if (scse and skip_channels > 0) else nn.Identity()
         self.conv1 = conv_bn_relu(cat, out_channels)
         self.conv2 = conv_bn_relu(out_channels, out_channels)
-        self.attention2 = SCSE(out_channels) if scse else nn.Identity()
+        # A block without a skip (the last one) has no scSE at all, as in the published model.
+        self.attention2 = SCSE(out_channels) if (scse and skip_channels > 0) else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
