@@ -8,7 +8,8 @@ the input image's resolution):
   (CornerNet/mmdet formula), size (w, h) and sub-pixel offset at the centre pixel;
 - loss: Gaussian focal loss (α=2, γ=4, weight 1) + L1 size (weight 0.1) + L1 offset (weight 1),
   each divided by the number of objects (heatmap pixels equal to 1, at least 1; ×2 for size/offset);
-- decoding: sigmoid, 3×3 max-pool peaks, top-k per image, xyxy boxes clipped to the image.
+- decoding: sigmoid, 3×3 max-pool peaks, top-k per image, xyxy boxes clipped to the image (or,
+  with `reference=True`, exactly as the reference's mmdet `get_bboxes`: k raw boxes, unclipped).
 Boxes are float xyxy pixels with x2/y2 exclusive (see `spotdiff.boxes`), so centre = (x1+x2)/2.
 """
 
@@ -140,9 +141,16 @@ def centernet_loss(out: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor]) 
 
 @torch.no_grad()
 def decode(
-    out: dict[str, torch.Tensor], max_boxes: int = 100, kernel: int = 3
+    out: dict[str, torch.Tensor], max_boxes: int = 100, kernel: int = 3, reference: bool = False
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per image: (boxes N×4 xyxy, scores N) sorted by score, N ≤ max_boxes, only heatmap peaks."""
+    """Per image: (boxes N×4 xyxy, scores N) sorted by score, from the heatmap's local maxima.
+
+    Default (what `detect`, evaluation and serving use): sizes floored at 0, boxes clipped to the
+    map, and entries of score 0 (not a local maximum) dropped, so N ≤ max_boxes.
+    `reference=True`: the reference decode (mmdet `CenterNetHead.get_bboxes`, no rescale, no NMS):
+    exactly min(max_boxes, H·W) boxes, centre = peak + offset, box = centre ∓ size/2, raw — no
+    clamping, no clipping, no threshold.
+    """
     heat = out["heatmap"].float().sigmoid()
     bsz, _, h, w = heat.shape
     peaks = F.max_pool2d(heat, kernel, stride=1, padding=kernel // 2)
@@ -152,11 +160,15 @@ def decode(
     ys = torch.div(idx, w, rounding_mode="floor").float()
     xs = (idx % w).float()
     gather_idx = idx[:, None, :].expand(-1, 2, -1)
-    size = out["size"].float().flatten(2).gather(2, gather_idx).clamp(min=0)  # B×2×k
+    size = out["size"].float().flatten(2).gather(2, gather_idx)  # B×2×k
     off = out["offset"].float().flatten(2).gather(2, gather_idx)
+    if not reference:
+        size = size.clamp(min=0)
     cx, cy = xs + off[:, 0], ys + off[:, 1]
     bw, bh = size[:, 0], size[:, 1]
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
+    if reference:
+        return [(boxes[i], scores[i]) for i in range(bsz)]
     boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
     boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
     keep = scores > 0

@@ -15,6 +15,8 @@ so a loaded model normalises exactly as it did in training, without needing the 
 
 Checkpoint format (`save_model` / `load_model`): `torch.save({"format": "spotdiff-cyws/1",
 "model": {ModelParams fields}, "state_dict": ...})`, read back with `torch.load(weights_only=True)`.
+`load_model` also reads the authors' published Lightning checkpoint (`spotdiff.models.official`), so
+every consumer (detect, evaluate, serving) takes either file.
 """
 
 from __future__ import annotations
@@ -164,9 +166,11 @@ class CYWS(nn.Module):
         return {k: la[k] + lb[k] for k in ("loss", "heatmap", "size", "offset")}
 
     @torch.no_grad()
-    def predict(self, image_a: torch.Tensor, image_b: torch.Tensor):
+    def predict(self, image_a: torch.Tensor, image_b: torch.Tensor, reference: bool = False):
         """(dets_a, dets_b): per image (boxes N×4 xyxy at S, scores N), sorted, N ≤ max_boxes.
 
+        Boxes are clipped to the image and zero scores dropped; `reference=True` gives the
+        reference's decode instead (exactly max_boxes raw boxes, see `centernet.decode`).
         Runs in eval mode (the previous train/eval mode is restored afterwards).
         """
         was_training = self.training
@@ -175,7 +179,8 @@ class CYWS(nn.Module):
             out_a, out_b = self.forward(image_a, image_b)
         finally:
             self.train(was_training)
-        return decode(out_a, self.max_boxes), decode(out_b, self.max_boxes)
+        return (decode(out_a, self.max_boxes, reference=reference),
+                decode(out_b, self.max_boxes, reference=reference))
 
     # ------------------------------------------------------------------------------- sizes
 
@@ -202,16 +207,33 @@ def save_model(model: CYWS, path: str | Path) -> None:
 
 
 def load_model(path: str | Path, map_location: Any = "cpu") -> CYWS:
-    """Read a checkpoint written by `save_model` (weights_only); SpotdiffError if it is not one."""
+    """Read a checkpoint written by `save_model`, or the authors' published one (see
+    `spotdiff.models.official`); weights_only, tensors read onto the CPU first (the published file's
+    are tagged cuda:0), then moved to `map_location`. SpotdiffError if it is neither."""
+    from spotdiff.models import official
+
     path = Path(path)
-    hint = "point to a models/cyws.pt written by `spotdiff train` (or save_model)"
+    hint = (f"point to a models/cyws.pt written by `spotdiff train` (or save_model), or to the authors' "
+            f"{official.PUBLISHED_FILE_NAME}")
     if not path.is_file():
         raise SpotdiffError(f"{path}: model checkpoint not found; {hint}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SpotdiffError(f"{path}: not a readable spotdiff checkpoint "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SpotdiffError(f"{path}: not a readable model checkpoint ({type(exc).__name__}: {first}); "
+                            f"{hint}") from exc
+    if isinstance(ckpt, dict) and ckpt.get("format") != FORMAT and (
+            official.is_lightning_checkpoint(ckpt) or official.published_state_dict(ckpt) is not None):
+        model = official.model_from_published(ckpt, path)
+    else:
+        model = _model_from_ours(ckpt, path, hint)
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    return model.eval()
+
+
+def _model_from_ours(ckpt: Any, path: Path, hint: str) -> CYWS:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SpotdiffError(f"{path}: not a {FORMAT} checkpoint (format: {found!r}); {hint}")
@@ -233,6 +255,4 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> CYWS:
     except RuntimeError as exc:
         raise SpotdiffError(f"{path}: weights do not fit the model they claim "
                             f"({str(exc).splitlines()[0]}); {hint}") from exc
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        model.to(map_location)
-    return model.eval()
+    return model
