@@ -98,15 +98,16 @@ def parse_min_score(value: Any) -> float | None:
 
 
 def default_model_ref() -> str | None:
-    """The registry's champion when this repo's MLflow store has one, else models/cyws.pt if present."""
-    import os
+    """The registry's champion when this repo's MLflow store has one, else models/cyws.pt if present.
 
+    The store is the one `spotdiff.tracking.existing_store` names (env MLFLOW_TRACKING_URI, else the
+    repo's); it is only read — never created, and mlflow's process-wide settings are left alone.
+    """
     from spotdiff import tracking
 
-    root = tracking.find_repo_root()
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    db = root / "mlruns" / "mlflow.db"
-    if uri or db.is_file():  # never create a store just to look into it
+    uri, missing = tracking.existing_store()
+    if not missing:  # never create a store just to look into it
+        root = tracking.find_repo_root()
         try:
             name = load_params(root / "params.yaml").register.model_name
         except SpotdiffError:
@@ -114,7 +115,7 @@ def default_model_ref() -> str | None:
         try:
             from mlflow import MlflowClient
 
-            client = MlflowClient(tracking_uri=uri or f"sqlite:///{db}")
+            client = MlflowClient(tracking_uri=uri, registry_uri=tracking.registry_uri(uri))
             client.get_model_version_by_alias(name, "champion")
             return f"models:/{name}@champion"
         except Exception:  # no such model / alias, or no reachable store: fall back to the file

@@ -38,8 +38,9 @@ def _mlflow_section(params: Any) -> Any:
     return getattr(params, "mlflow", None) if params is not None else None
 
 
-def tracking_uri(params: Any = None, root: str | Path | None = None) -> str:
-    """The tracking (and registry) URI for this repo; creates the default SQLite folder if needed."""
+def tracking_uri(params: Any = None, root: str | Path | None = None, create: bool = True) -> str:
+    """The tracking (and registry) URI for this repo; creates the default SQLite folder if needed
+    (`create=False`: only names it)."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
@@ -50,12 +51,54 @@ def tracking_uri(params: Any = None, root: str | Path | None = None) -> str:
             # A relative SQLite path would depend on the working folder: anchor it at the repo root.
             rel = configured[len("sqlite:///"):]
             db = (Path(root) if root else find_repo_root()) / rel
-            db.parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                db.parent.mkdir(parents=True, exist_ok=True)
             return f"sqlite:///{db.resolve()}"
         return configured
     folder = (Path(root) if root else find_repo_root()) / "mlruns"
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def registry_uri(tracking: str) -> str:
+    """The model registry's URI: env MLFLOW_REGISTRY_URI, else the tracking store itself."""
+    return os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or tracking
+
+
+def _local_store_path(uri: str) -> Optional[Path]:
+    """The file or folder behind a SQLite / file-store URI (None for servers and databases)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(parts.path))
+    if parts.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
+def existing_store(root: str | Path | None = None) -> tuple[str, Optional[str]]:
+    """For reading only: (tracking URI, the local store path when it does not exist, else None).
+
+    The URI is the one `setup_mlflow` would use (env, then the repo's params.yaml `mlflow` section,
+    then `<repo root>/mlruns/mlflow.db`), but nothing is created — no folder, no SQLite file — so a
+    lookup from any working folder leaves no trace. Servers are assumed to exist.
+    """
+    root = Path(root) if root else find_repo_root()
+    params = None
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").strip() and (root / "params.yaml").is_file():
+        from spotdiff.params import load_params
+
+        try:
+            params = load_params(root / "params.yaml")
+        except SpotdiffError:
+            params = None  # a broken params file is reported by whatever reads it for real
+    uri = tracking_uri(params, root, create=False)
+    local = _local_store_path(uri)
+    return uri, (str(local) if local is not None and not local.exists() else None)
 
 
 def artifact_location(params: Any = None, root: str | Path | None = None) -> str:

@@ -2,9 +2,11 @@
 
 Both images are resized to the model's square input, run as one batch, and the boxes are mapped
 back into each image's own pixels. `detect` returns every decoded box (up to the model's
-`max_boxes`, no suppression — the evaluation protocol); `suppress` is for display (top-k after
-NMS). `from_reference` accepts a checkpoint path, an MLflow registry reference
-(`models:/spotdiff@champion`, `models:/spotdiff/3`) or a run reference (`runs:/<id>/model`).
+`max_boxes`, no suppression — the evaluation protocol), clipped to its image and without the
+zero-score non-peaks (`CYWS.predict(reference=True)` gives the reference's raw, unclipped 100);
+`suppress` is for display (top-k after NMS). `from_reference` accepts a checkpoint path (ours or the
+authors' published file), an MLflow registry reference (`models:/spotdiff@champion`,
+`models:/spotdiff/3`) or a run reference (`runs:/<id>/model`).
 """
 
 from __future__ import annotations
@@ -28,31 +30,116 @@ def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> 
     return batch.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _resolve_checkpoint(ref: str) -> Path:
-    """A local .pt for `ref`: the path itself, or the checkpoint inside an MLflow model/run artifact."""
-    if "://" not in ref and not ref.startswith(("models:/", "runs:/")):
-        return Path(ref)
-    if not ref.startswith(("models:/", "runs:/")):
-        raise SpotdiffError(f"--model {ref}: unknown reference; give a checkpoint path, "
-                            "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH")
-    import mlflow
+REFERENCE_FORMS = "a checkpoint path, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH"
+
+
+def _is_mlflow_reference(ref: str) -> bool:
+    return ref.startswith(("models:/", "runs:/"))
+
+
+def load_reference(ref: str | Path) -> CYWS:
+    """The model behind `ref`: a checkpoint path (ours or the authors' published file) or an MLflow
+    reference — `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<logged model id>`,
+    `runs:/RUN_ID/PATH`.
+
+    MLflow references are resolved against this repo's store (`tracking.existing_store`: env
+    MLFLOW_TRACKING_URI, else params.yaml's, else <repo>/mlruns/mlflow.db) through an explicit
+    `MlflowClient` — mlflow's process-wide URIs are neither read nor set, and no store is created
+    when none exists. A registered version is loaded from its concrete artifact location (a local
+    store is read in place; a remote one is downloaded into a temporary folder, removed after).
+    """
+    ref = str(ref)
+    if not _is_mlflow_reference(ref):
+        if "://" in ref:
+            raise SpotdiffError(f"--model {ref}: unknown reference; give {REFERENCE_FORMS}")
+        return load_model(Path(ref))
+    import tempfile
 
     from spotdiff import tracking
 
-    uri = tracking.tracking_uri()
-    try:  # explicit URIs: setting mlflow's globals here would leak into the caller's process
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=uri, registry_uri=uri))
-    except Exception as exc:  # unknown model / alias / run, unreachable store
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpotdiffError(f"--model {ref}: cannot load it from MLflow at {tracking.redact_uri(uri)} "
-                            f"({first}); check the name/alias (`mlflow models` / the MLflow UI) or "
-                            "MLFLOW_TRACKING_URI") from None
-    if local.is_file():
-        return local
-    found = sorted(local.rglob("*.pt"))
-    if not found:
-        raise SpotdiffError(f"--model {ref}: the MLflow artifact holds no .pt checkpoint")
-    return found[0]
+    uri, missing = tracking.existing_store()
+    if missing:
+        raise SpotdiffError(f"--model {ref}: no MLflow store to look it up in ({missing} does not exist); "
+                            "run from the repository that registered it, or set MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory(prefix="spotdiff-model-") as tmp:
+        try:
+            local = _fetch(ref, uri, tracking.registry_uri(uri), Path(tmp))
+        except SpotdiffError:
+            raise
+        except Exception as exc:  # unknown model / alias / run, unreachable store
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpotdiffError(f"--model {ref}: cannot load it from MLflow at {tracking.redact_uri(uri)} "
+                                f"({first}); check the name/alias (`spotdiff promote`, the MLflow UI) or "
+                                "MLFLOW_TRACKING_URI") from None
+        found = [local] if local.is_file() else sorted(local.rglob("*.pt"))
+        if not found:
+            raise SpotdiffError(f"--model {ref}: the MLflow artifact holds no .pt checkpoint")
+        return load_model(found[0])
+
+
+def _parse_models_uri(ref: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS | models:/NAME/VERSION → (name, alias, version)."""
+    body = ref[len("models:/"):].strip("/")
+    first, _, rest = body.partition("/")
+    if "@" in first:
+        name, alias = first.split("@", 1)
+        if name and alias and not rest:
+            return name, alias, None
+    elif first and rest.isdigit():
+        return first, None, rest
+    raise SpotdiffError(f"--model {ref}: not a registry reference this tool reads; give {REFERENCE_FORMS}")
+
+
+def _local_path(location: str) -> Path | None:
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        return Path(url2pathname(parts.path))
+    if parts.scheme == "" and location:
+        return Path(location)
+    return None
+
+
+def _run_location(client, ref: str) -> str:
+    """runs:/RUN_ID/PATH → a concrete URI: the run's logged model named PATH's first part (MLflow 3
+    keeps logged models outside the run's artifacts), else PATH among the run's artifacts."""
+    run_id, _, path = ref[len("runs:/"):].partition("/")
+    if not run_id or not path.strip("/"):
+        raise SpotdiffError(f"--model {ref}: give runs:/RUN_ID/PATH (e.g. runs:/<id>/model)")
+    run = client.get_run(run_id)
+    name, _, sub = path.strip("/").partition("/")
+    token = None
+    while True:
+        page = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                           filter_string=f"name = '{name}'", page_token=token)
+        for logged in page:
+            if logged.source_run_id == run_id:
+                return logged.artifact_location.rstrip("/") + (f"/{sub}" if sub else "")
+        token = page.token
+        if not token:
+            return run.info.artifact_uri.rstrip("/") + "/" + path.strip("/")
+
+
+def _fetch(ref: str, uri: str, registry_uri: str, tmp: Path) -> Path:
+    """A local file or folder holding the checkpoint of an MLflow reference (see `load_reference`)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+    if ref.startswith("runs:/"):
+        location = _run_location(client, ref)
+    elif ref.startswith("models:/m-"):  # a logged model, by id
+        location = client.get_logged_model(ref[len("models:/"):].strip("/")).artifact_location
+    else:
+        name, alias, version = _parse_models_uri(ref)
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        location = client.get_model_version_download_uri(name, mv.version)
+    local = _local_path(location)
+    if local is not None:
+        return local  # a local artifact store: read in place
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp)))
 
 
 class CywsDetector:
@@ -67,7 +154,8 @@ class CywsDetector:
 
     @classmethod
     def from_reference(cls, ref: str | Path, device: str | None = None) -> "CywsDetector":
-        return cls(load_model(_resolve_checkpoint(str(ref))), device=device)
+        """The detector for a checkpoint path or an MLflow reference (see `load_reference`)."""
+        return cls(load_reference(ref), device=device)
 
     @torch.no_grad()
     def detect_batch(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]
