@@ -1,0 +1,153 @@
+"""Registry references resolve in a fresh process: `spotdiff detect --method cyws` with no --model uses
+the champion from the repository's store, `--model models:/NAME@ALIAS` works from any folder given
+MLFLOW_TRACKING_URI, and neither leaves an `mlflow.db` or `mlruns` behind in the working folder.
+
+Each detect runs as its own process, so no MLflow state set earlier in the test process can make a
+reference resolve that would not resolve for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SPOTDIFF = Path(sys.executable).with_name("spotdiff")
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+CHAMPION_BOXES, CHALLENGER_BOXES = 7, 10  # max_boxes of the two versions: tells which one answered
+
+
+def _pair(folder: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((72, 96, 3)) * 255).astype(np.uint8)
+    b = a.copy()
+    b[20:50, 30:70] = 250
+    Image.fromarray(a).save(folder / "a.png")
+    Image.fromarray(b).save(folder / "b.png")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repository folder (params.yaml, SQLite store under mlruns/) whose registry holds `spotdiff`
+    version 1 (champion, max_boxes 7) and version 2 (challenger only, max_boxes 10)."""
+    import mlflow
+    import torch
+
+    from spotdiff.models.cyws import CYWS, save_model
+    from spotdiff.params import load_params
+    from spotdiff.registry import register_checkpoint
+    from spotdiff.tracking import setup_mlflow
+
+    root = tmp_path_factory.mktemp("repo")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *TELEMETRY_OFF)}
+    os.environ.update(TELEMETRY_OFF)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        (root / "params.yaml").write_text("register:\n  model_name: spotdiff\n  promote_margin: 0.01\n"
+                                          "mlflow:\n  experiment: detect-registry-test\n")
+        params = load_params(root / "params.yaml")
+        setup_mlflow(params, root)
+        with mlflow.start_run() as run:
+            mlflow.log_metric("train/loss", 1.0)
+        (root / "models").mkdir()
+        (root / "models/train.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+        (root / "eval").mkdir()
+        for ap, boxes in ((0.30, CHAMPION_BOXES), (0.30, CHALLENGER_BOXES)):
+            torch.manual_seed(0)
+            save_model(CYWS(backbone="resnet18", attention_layers=1, scse=False, image_size=64,
+                            max_boxes=boxes), root / "models/cyws.pt")
+            (root / "eval/metrics.json").write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": ap}}}}))
+            register_checkpoint(params, root / "models/cyws.pt", root / "models/train.json",
+                                root / "eval/metrics.json", root / "registry/registration.json", root=root)
+        (root / "models/cyws.pt").unlink()  # only the registry can answer now
+        uri = mlflow.get_tracking_uri()
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.chdir(cwd)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _pair(root)
+    return {"root": root, "uri": uri, "run_id": run.info.run_id}
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**env, **TELEMETRY_OFF, "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _detect(folder: Path, env: dict, *model: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SPOTDIFF), "detect", "a.png", "b.png", "--method", "cyws", *model,
+                           "--json", "r.json", "--out", "o"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_default_champion_from_the_repository_root(repo):
+    root = repo["root"]
+    before = sorted(p.name for p in root.iterdir())
+    done = _detect(root, _env())
+    assert done.returncode == 0, done.stderr
+    report = json.loads((root / "r.json").read_text())
+    assert report["model"] == "models:/spotdiff@champion"
+    assert all(len(img["boxes"]) == CHAMPION_BOXES for img in report["images"])  # version 1 answered
+    assert sorted(p.name for p in root.iterdir()) == sorted(before + ["o", "r.json"])  # no mlflow.db
+
+
+def test_registry_reference_from_another_folder_with_the_env(repo, tmp_path):
+    _pair(tmp_path)
+    done = _detect(tmp_path, _env(MLFLOW_TRACKING_URI=repo["uri"]), "--model", "models:/spotdiff@champion")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == "models:/spotdiff@champion"
+    assert all(len(img["boxes"]) == CHAMPION_BOXES for img in report["images"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "o", "r.json"]
+
+
+def test_without_a_store_it_is_one_clear_line_and_nothing_is_created(repo, tmp_path):
+    _pair(tmp_path)
+    done = _detect(tmp_path, _env(), "--model", "models:/spotdiff@champion")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no MLflow store" in done.stderr
+    assert "set MLFLOW_TRACKING_URI" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_every_reference_form_resolves_without_touching_mlflow_globals(repo, tmp_path, monkeypatch):
+    """In-process: versions, aliases, logged-model ids and runs:/ refs; mlflow's globals untouched."""
+    import mlflow
+
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.methods.learned import load_reference
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", repo["uri"])
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    record = json.loads((repo["root"] / "registry/registration.json").read_text())
+    globals_before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    cases = {"models:/spotdiff@champion": CHAMPION_BOXES, "models:/spotdiff@challenger": CHALLENGER_BOXES,
+             "models:/spotdiff/1": CHAMPION_BOXES, "models:/spotdiff/2": CHALLENGER_BOXES,
+             record["logged_model_uri"]: CHALLENGER_BOXES,  # the last registered version's logged model
+             f"runs:/{repo['run_id']}/model": None}
+    for ref, boxes in cases.items():
+        model = load_reference(ref)
+        if boxes is not None:
+            assert model.max_boxes == boxes, ref
+    for ref, message in (("models:/spotdiff@nobody", "alias nobody not found"),
+                         ("models:/ghost/1", "ghost"), ("models:/spotdiff/latest", "not a registry reference")):
+        with pytest.raises(SpotdiffError, match=message):
+            load_reference(ref)
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == globals_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
