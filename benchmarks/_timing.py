@@ -13,3 +13,60 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each callable, timed in interleaved rounds (A, B, C, A, B, C, ...).
+
+    Interleaving spreads any background load (another job on the machine) evenly over the
+    candidates, so their ratio stays fair even when the absolute figures move.
+    """
+    import statistics
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def machine() -> dict:
+    """What the figures were taken on: CPU model, cores, torch threads, load, GPU if any."""
+    import os
+    import platform
+
+    info: dict = {"python": platform.python_version(), "machine": platform.machine(),
+                  "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                            if ln.startswith("model name")), platform.processor())
+        flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
+def machine_line(info: dict) -> str:
+    gpu = info.get("gpu") or "no GPU"
+    return (f"machine: {info.get('cpu')} | {info.get('cpu_count')} cores | torch threads "
+            f"{info.get('torch_threads')} | load avg {info.get('load_average_1m')} | {gpu}")
