@@ -312,3 +312,66 @@ def test_served_champion_answers_with_boxes(workspace):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ---------------------------------------------------------------- importing the authors' checkpoint
+
+
+@needs_detector
+def test_import_published_checkpoint_as_champion(workspace, capsys):
+    """`spotdiff import-checkpoint` registers the authors' file (published layout, cuda-tagged) in our
+    format, tagged with its origin, md5s and the paper's numbers; the champion then loads as it."""
+    import hashlib
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.cli import main
+    from spotdiff.methods.learned import load_reference
+    from spotdiff.models import official
+
+    from test_official_checkpoint import random_reference_model, write_published
+
+    root = workspace["root"]
+    params = str(root / "params.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        original = random_reference_model(seed=3)
+        ckpt = write_published(root / official.PUBLISHED_FILE_NAME, official.to_published(original.state_dict()),
+                               cuda_tagged=True)
+        # Bad files are refused before MLflow is touched: nothing gets registered.
+        (root / "broken.ckpt").write_bytes(ckpt.read_bytes()[:4096])
+        assert main(["import-checkpoint", str(root / "broken.ckpt"), "--params", params]) == 2
+        assert main(["import-checkpoint", str(ckpt), "--params", params, "--alias", "best"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("spotdiff: error: ") == 2 and len(err.strip().splitlines()) == 2
+        client = MlflowClient()
+        assert not client.search_registered_models(f"name = '{MODEL_NAME}'")
+
+        assert main(["import-checkpoint", str(ckpt), "--params", params, "--alias", "champion"]) == 0
+        out = capsys.readouterr().out
+        assert f"models:/{MODEL_NAME}/1" in out and "champion -> version 1" in out and "coco_inpainted 0.63" in out
+        mv = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        assert str(mv.version) == "1"
+        tags = mv.tags
+        assert tags["source_md5"] == hashlib.md5(ckpt.read_bytes()).hexdigest()
+        assert tags["source_file"] == official.PUBLISHED_FILE_NAME and "published" in tags["origin"]
+        assert tags["source_format"] == "pytorch-lightning 1.5.8" and tags["source_epoch"] == "41"
+        assert {k: tags[f"paper_ap50.{k}"] for k in official.PAPER_AP50} == {
+            "coco_inpainted": "0.63", "synthtext_change": "0.89", "virat_std": "0.54", "kubric_change": "0.76"}
+        assert not any(k.startswith("metric.") for k in tags)  # the champion rule never compares against them
+        assert len(tags["model_md5"]) == 32
+
+        champion = load_reference(f"models:/{MODEL_NAME}@champion")
+        assert champion.config["image_size"] == 256 and champion.config["attention_scale"] == "none"
+        expected = original.state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in champion.state_dict().items())
+
+        # --alias none registers a version and moves nothing.
+        assert main(["import-checkpoint", str(ckpt), "--params", params, "--alias", "none"]) == 0
+        assert "no alias moved" in capsys.readouterr().out
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+        assert client.get_model_version(MODEL_NAME, "2").tags["source_md5"] == tags["source_md5"]
+    finally:
+        torch.set_num_threads(threads)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import subprocess
 import tempfile
+import warnings
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -68,26 +69,28 @@ def _as_list(x: Any) -> list:
 
 
 # No type hints on `predict`: the input (a dict of two uint8 tensors) is validated by the TensorSpec
-# signature given at logging; MLflow's type-hint validation has no form for it (it warns once).
-class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
-    """MLflow pyfunc wrapper: loads the logged checkpoint and runs `CywsDetector` on an image pair."""
+# signature given at logging; MLflow's type-hint validation has no form for it (it would warn at every import,
+# on stderr, before a command's one-line error: silenced here, for this class only).
+with warnings.catch_warnings(record=True):  # recorded and dropped (MLflow resets the filters inside)
+    class CywsPyfuncModel(_PythonModel):  # type: ignore[misc,valid-type]
+        """MLflow pyfunc wrapper: loads the logged checkpoint and runs `CywsDetector` on an image pair."""
 
-    def load_context(self, context) -> None:
-        from spotdiff.methods.learned import CywsDetector
-        from spotdiff.models.cyws import load_model
+        def load_context(self, context) -> None:
+            from spotdiff.methods.learned import CywsDetector
+            from spotdiff.models.cyws import load_model
 
-        model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location="cpu")
-        model.eval()
-        self._detector = CywsDetector(model)
+            model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location="cpu")
+            model.eval()
+            self._detector = CywsDetector(model)
 
-    def predict(self, context, model_input, params: Optional[dict] = None):
-        if not isinstance(model_input, dict) or not {"image_a", "image_b"} <= set(model_input):
-            raise SpotdiffError("model input: expected a mapping with image_a and image_b")
-        img_a = _as_image(model_input["image_a"], "image_a")
-        img_b = _as_image(model_input["image_b"], "image_b")
-        boxes_a, scores_a, boxes_b, scores_b = self._detector.detect(img_a, img_b)
-        return {"boxes_a": _as_list(boxes_a), "scores_a": _as_list(scores_a),
-                "boxes_b": _as_list(boxes_b), "scores_b": _as_list(scores_b)}
+        def predict(self, context, model_input, params: Optional[dict] = None):
+            if not isinstance(model_input, dict) or not {"image_a", "image_b"} <= set(model_input):
+                raise SpotdiffError("model input: expected a mapping with image_a and image_b")
+            img_a = _as_image(model_input["image_a"], "image_a")
+            img_b = _as_image(model_input["image_b"], "image_b")
+            boxes_a, scores_a, boxes_b, scores_b = self._detector.detect(img_a, img_b)
+            return {"boxes_a": _as_list(boxes_a), "scores_a": _as_list(scores_a),
+                    "boxes_b": _as_list(boxes_b), "scores_b": _as_list(scores_b)}
 
 
 MODEL_CODE = '''"""spotdiff CYWS change detector as an MLflow pyfunc (needs spotdiff installed)."""
@@ -268,6 +271,25 @@ def _now() -> str:
 # ---------------------------------------------------------------- the register stage
 
 
+def log_pyfunc(checkpoint: Path):
+    """Log `checkpoint` (our format) as the pyfunc model into the active run; returns its ModelInfo."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # "Models from code": the model is this small script (copied into the logged model), not a
+        # pickled object, so loading it unpickles nothing.
+        code = Path(tmp) / "spotdiff_pyfunc.py"
+        code.write_text(MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(code),
+            artifacts={CHECKPOINT_ARTIFACT: str(Path(checkpoint).resolve())},
+            signature=model_signature(),
+            input_example=input_example(),
+            pip_requirements=pip_requirements(),
+        )
+
+
 def register_checkpoint(params: Any, model_path: str | Path, train_info_path: str | Path,
                         metrics_path: str | Path, out_path: str | Path,
                         root: str | Path | None = None) -> dict:
@@ -320,22 +342,11 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
     md5 = model_md5(root, model_path)
     champion_before = _champion_info(client, reg.model_name, metric)
 
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
+    with mlflow.start_run(run_id=run_id):
         missing = {k: v for k, v in metrics.items() if logged.get(k) != v}  # evaluate logs them too
         if missing:
             mlflow.log_metrics(missing)
-        # "Models from code": the model is this small script (copied into the logged model), not a
-        # pickled object, so loading it unpickles nothing.
-        code = Path(tmp) / "spotdiff_pyfunc.py"
-        code.write_text(MODEL_CODE)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN,
-            python_model=str(code),
-            artifacts={CHECKPOINT_ARTIFACT: str(model_path.resolve())},
-            signature=model_signature(),
-            input_example=input_example(),
-            pip_requirements=pip_requirements(),
-        )
+        info = log_pyfunc(model_path)
         mlflow.set_tags({"spotdiff.git_commit": git["commit"] or "unknown",
                          "spotdiff.model_md5": md5["md5"]})
     mv = mlflow.register_model(info.model_uri, reg.model_name)
@@ -423,3 +434,88 @@ def promote_version(params: Any, version: str | int, alias: str = CHAMPION,
     client.set_model_version_tag(name, text, "promoted" if alias == CHAMPION else f"alias.{alias}",
                                  f"manual {_now()}")
     return {"model_name": name, "version": int(text), "alias": alias, "previous": previous}
+
+
+# ---------------------------------------------------------------- importing a checkpoint
+
+
+IMPORT_ALIASES = (CHAMPION, CHALLENGER, "none")
+
+
+def import_checkpoint(params: Any, path: str | Path, name: str | None = None, alias: str = CHALLENGER,
+                      root: str | Path | None = None) -> dict:
+    """Register a checkpoint made elsewhere — the authors' published file or one of ours — as a new
+    version of `name` (default `register.model_name`), pointing `alias` at it.
+
+    The file is converted to our format (`save_model`), so every consumer reads one format, and
+    logged as the pyfunc model into a run of its own (`import <file name>`). The version is tagged
+    with its origin, the source file's md5, the converted file's md5 and, for the published
+    R50 / 3×CoAM / scSE model, the paper's AP@0.5 (`paper_ap50.<test set>`). No `metric.*` tags: the
+    paper's numbers are not measured on our test sets, so the `register` stage's champion rule
+    never compares a trained model against them (an imported champion stays until `spotdiff
+    promote`). Returns the record printed by `spotdiff import-checkpoint`.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.models import official
+    from spotdiff.models.cyws import model_from_checkpoint, read_checkpoint, save_model
+    from spotdiff.tracking import redact_uri, setup_mlflow
+
+    path = Path(path)
+    name = name or params.register.model_name
+    if alias not in IMPORT_ALIASES:
+        raise SpotdiffError(f"--alias {alias!r}: use one of {', '.join(IMPORT_ALIASES)}")
+    if not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise SpotdiffError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+    ckpt = read_checkpoint(path)  # everything about the file is checked before MLflow is touched
+    model = model_from_checkpoint(ckpt, path)
+    published = official.published_state_dict(ckpt) is not None
+    facts = official.provenance(ckpt) if published else {}
+    del ckpt
+    source_md5 = _file_md5(path)
+    cfg = model.config
+    reference_model = published and (cfg["backbone"], cfg["attention"], cfg["attention_layers"],
+                                     cfg["scse"]) == ("resnet50", "coam", 3, True)
+    origin = ("CYWS authors' published checkpoint (Sachdeva & Zisserman 2023)" if published
+              else "spotdiff checkpoint")
+
+    setup_mlflow(params, root)
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with tempfile.TemporaryDirectory(prefix="spotdiff-import-") as tmp:
+        converted = Path(tmp) / "cyws.pt"
+        save_model(model, converted)
+        model_md5 = _file_md5(converted)
+        tags = {"origin": origin, "source_file": path.name, "source_md5": source_md5,
+                "source_format": (f"pytorch-lightning {facts.get(official.LIGHTNING_VERSION_KEY, '?')}"
+                                  if published else "spotdiff-cyws/1"),
+                "model_md5": model_md5}
+        tags.update({f"source_{k}": str(v) for k, v in facts.items() if k in ("epoch", "global_step")})
+        if reference_model:
+            tags.update({f"paper_ap50.{k}": f"{v:.2f}" for k, v in official.PAPER_AP50.items()})
+        with mlflow.start_run(run_name=f"import {path.name}") as run:
+            mlflow.log_params({f"model.{k}": v for k, v in cfg.items()})
+            mlflow.set_tags({f"spotdiff.{k}": v for k, v in tags.items()})
+            info = log_pyfunc(converted)
+    mv = mlflow.register_model(info.model_uri, name)
+    version = str(mv.version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=(
+        f"{origin}: {path.name} (md5 {source_md5}), converted to spotdiff-cyws/1; "
+        f"{cfg['backbone']}, {cfg['attention_layers']}×{cfg['attention']}, "
+        f"scSE {'on' if cfg['scse'] else 'off'}, {cfg['image_size']} px"))
+    previous = None
+    if alias != "none":
+        try:
+            previous = int(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            previous = None
+        client.set_registered_model_alias(name, alias, version)
+        client.set_model_version_tag(name, version, "promoted" if alias == CHAMPION else f"alias.{alias}",
+                                     f"import {_now()}")
+    return {"model_name": name, "version": int(version), "model_uri": f"models:/{name}/{version}",
+            "alias": None if alias == "none" else alias, "previous": previous, "run_id": run.info.run_id,
+            "tracking_uri": redact_uri(uri), "tags": tags}

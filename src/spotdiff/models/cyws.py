@@ -206,28 +206,42 @@ def save_model(model: CYWS, path: str | Path) -> None:
     torch_save_atomic(path, {"format": FORMAT, "model": dict(model.config), "state_dict": state})
 
 
+def _hint() -> str:
+    from spotdiff.models.official import PUBLISHED_FILE_NAME
+
+    return (f"point to a models/cyws.pt written by `spotdiff train` (or save_model), or to the authors' "
+            f"{PUBLISHED_FILE_NAME}")
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load` a checkpoint file safely: weights_only, every tensor onto the CPU (the published
+    file's are tagged cuda:0); SpotdiffError naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpotdiffError(f"{path}: model checkpoint not found; {_hint()}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SpotdiffError(f"{path}: not a readable model checkpoint ({type(exc).__name__}: {first}); "
+                            f"{_hint()}") from exc
+
+
+def model_from_checkpoint(ckpt: Any, path: str | Path) -> CYWS:
+    """The model in a loaded checkpoint: ours ("spotdiff-cyws/1") or the authors' published layout."""
+    from spotdiff.models import official
+
+    if isinstance(ckpt, dict) and ckpt.get("format") != FORMAT and (
+            official.is_lightning_checkpoint(ckpt) or official.published_state_dict(ckpt) is not None):
+        return official.model_from_published(ckpt, path)
+    return _model_from_ours(ckpt, Path(path), _hint())
+
+
 def load_model(path: str | Path, map_location: Any = "cpu") -> CYWS:
     """Read a checkpoint written by `save_model`, or the authors' published one (see
     `spotdiff.models.official`); weights_only, tensors read onto the CPU first (the published file's
     are tagged cuda:0), then moved to `map_location`. SpotdiffError if it is neither."""
-    from spotdiff.models import official
-
-    path = Path(path)
-    hint = (f"point to a models/cyws.pt written by `spotdiff train` (or save_model), or to the authors' "
-            f"{official.PUBLISHED_FILE_NAME}")
-    if not path.is_file():
-        raise SpotdiffError(f"{path}: model checkpoint not found; {hint}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise SpotdiffError(f"{path}: not a readable model checkpoint ({type(exc).__name__}: {first}); "
-                            f"{hint}") from exc
-    if isinstance(ckpt, dict) and ckpt.get("format") != FORMAT and (
-            official.is_lightning_checkpoint(ckpt) or official.published_state_dict(ckpt) is not None):
-        model = official.model_from_published(ckpt, path)
-    else:
-        model = _model_from_ours(ckpt, path, hint)
+    model = model_from_checkpoint(read_checkpoint(path), path)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
     return model.eval()
