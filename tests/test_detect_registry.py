@@ -149,5 +149,11 @@ def test_every_reference_form_resolves_without_touching_mlflow_globals(repo, tmp
                          ("models:/ghost/1", "ghost"), ("models:/spotdiff/latest", "not a registry reference")):
         with pytest.raises(SpotdiffError, match=message):
             load_reference(ref)
+    # `spotdiff evaluate --model` reads the same references
+    from spotdiff.evaluate_stage import build_detectors
+    from spotdiff.params import Params
+
+    detectors = build_detectors(Params(), "models:/spotdiff@champion")
+    assert detectors["cyws"].model.max_boxes == CHAMPION_BOXES
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == globals_before
     assert sorted(p.name for p in tmp_path.iterdir()) == []

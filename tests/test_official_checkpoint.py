@@ -398,3 +398,11 @@ def test_detect_with_the_published_file(published, tmp_path, monkeypatch, capsys
     assert 1 <= len(boxes) <= 100 and len(image_a["scores"]) == len(boxes)
     # detect reports boxes clipped to each image (the reference decode is not clipped)
     assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= 160 and boxes[:, [1, 3]].max() <= 120
+
+
+def test_evaluate_reads_the_published_file(published):
+    from spotdiff.evaluate_stage import build_detectors
+    from spotdiff.params import Params
+
+    detector = build_detectors(Params(), str(published["file"]))["cyws"]
+    assert detector.size == 256 and detector.model.config["backbone"] == "resnet50"

@@ -120,18 +120,23 @@ def top_k(boxes: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np
 # ---------------------------------------------------------------- methods
 
 
-def build_detectors(params: Params, model_path: Path) -> dict[str, Any]:
-    """The detectors of `evaluate.methods`; SpotdiffError naming the file and the fix if one can't run."""
+def build_detectors(params: Params, model_path: Path | str) -> dict[str, Any]:
+    """The detectors of `evaluate.methods`; SpotdiffError naming the file and the fix if one can't run.
+
+    The CYWS model: a checkpoint path (ours, or the authors' published file) or an MLflow reference
+    (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`), read as `spotdiff detect` does.
+    """
     detectors: dict[str, Any] = {}
     for method in params.evaluate.methods:
         if method == "cyws":
             from spotdiff.methods.learned import CywsDetector
 
-            if not model_path.is_file():
-                raise SpotdiffError(f"{model_path}: trained model not found (evaluate.methods has cyws); "
+            ref = str(model_path)
+            if not is_registry_reference(ref) and not Path(ref).is_file():
+                raise SpotdiffError(f"{ref}: trained model not found (evaluate.methods has cyws); "
                                     "run the train stage first (`dvc repro train`), pass --model, or "
                                     "drop cyws from evaluate.methods")
-            detectors["cyws"] = CywsDetector.from_reference(model_path)
+            detectors["cyws"] = CywsDetector.from_reference(ref)
         elif method == "ssim":
             from spotdiff.methods.pixelwise import SsimDetector
 
@@ -139,6 +144,11 @@ def build_detectors(params: Params, model_path: Path) -> dict[str, Any]:
         else:  # params validation already refuses these
             raise SpotdiffError(f"evaluate.methods: unknown method {method!r}; use cyws, ssim")
     return detectors
+
+
+def is_registry_reference(model: Path | str) -> bool:
+    """True for an MLflow model/run reference (models:/…, runs:/…), False for a checkpoint path."""
+    return str(model).startswith(("models:/", "runs:/"))
 
 
 def _as_list(items):
@@ -495,7 +505,7 @@ def log_to_mlflow(run_id: str, flat: dict[str, float], out: Path, files: Sequenc
 # ---------------------------------------------------------------- the stage
 
 
-def evaluate(params: Params, model: Path, train_info: Path | None, testsets_dir: Path, out: Path,
+def evaluate(params: Params, model: Path | str, train_info: Path | None, testsets_dir: Path, out: Path,
              echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict:
     """Run the stage; return the metrics dict. `train_info=None` = no MLflow logging."""
     import torch

@@ -13,7 +13,9 @@ import typer
 def evaluate(
     params: Path = typer.Option(Path("params.yaml"), help="params file; this stage reads `evaluate`, "
                                 "`ssim` and `mlflow`"),
-    model: Path = typer.Option(Path("models/cyws.pt"), help="trained CYWS checkpoint (for method cyws)"),
+    model: str = typer.Option("models/cyws.pt", help="CYWS model (for method cyws): a checkpoint path "
+                              "(ours or the authors' published .ckpt) or models:/NAME@ALIAS, "
+                              "models:/NAME/VERSION, runs:/RUN_ID/PATH"),
     train_info: Path = typer.Option(Path("models/train.json"), "--train-info",
                                     help="training summary; its mlflow_run_id is the run the metrics go to"),
     testsets: Path = typer.Option(Path("data/testsets"), help="folder holding the test sets"),
@@ -25,7 +27,14 @@ def evaluate(
     from spotdiff.evaluate_stage import evaluate as run
     from spotdiff.params import load_params
 
+    from spotdiff.evaluate_stage import is_registry_reference
+
     cfg = load_params(params)
+    if mlflow and is_registry_reference(model):
+        # The training summary's run is not this model's: its metrics would be misattributed.
+        typer.echo(f"note: --model {model} is a registry reference; metrics are not logged to the "
+                   f"training run of {train_info} (pass --no-mlflow to silence this)", err=True)
+        mlflow = False
     run(cfg, model, train_info if mlflow else None, testsets, out, echo=typer.echo,
         warn=lambda line: typer.echo(line, err=True))
 
