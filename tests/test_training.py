@@ -61,9 +61,13 @@ def test_train_writes_model_and_mlflow_history(tiny_pairs, tmp_path, tracking):
 
     client = mlflow.MlflowClient(tracking_uri=tracking)
     run_id = summary["mlflow_run_id"]
-    for key in ("train/loss", "val/loss", "train/heatmap", "val/size"):
+    for key in ("val/loss", "val/size", "val/ap50"):
         history = client.get_metric_history(run_id, key)
-        assert len(history) == 2, key  # one value per epoch
+        assert len(history) == 2, key  # one value per validation (here: per epoch)
+    steps = summary["steps"]
+    for key in ("train/loss", "train/heatmap"):
+        history = client.get_metric_history(run_id, key)
+        assert len(history) == steps, key  # one value per step (log_every_n_steps: 1)
     run = client.get_run(run_id)
     assert run.data.params["model.backbone"] == "resnet18"
     assert run.data.params["train.lr"] == "0.0001"

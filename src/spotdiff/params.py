@@ -181,9 +181,40 @@ class TrainParams:
     precision: str = "32-true"
     log_every_n_steps: int = 5
     preview_pairs: int = 4
+    # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
+    max_steps: int = -1
+    # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
+    # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.01
+    min_lr_factor: float = 0.01
+    # Validate (val/loss, val/ap50) every this many steps; 0 = once per epoch.
+    val_every_n_steps: int = 0
+    # Which validation result picks the kept model (the paper: lowest val/loss).
+    monitor: Literal["val/loss", "val/ap50"] = "val/loss"
+    # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use.
+    num_threads: int = 0
+    # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
+    # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
+    # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
+    affine_start_step: int = 0
+    affine_ramp_steps: int = 0
 
     def validate(self, key: str) -> None:
         _check(self.lr > 0, f"{key}.lr", "> 0", self.lr)
+        _check(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "-1 or >= 1", self.max_steps)
+        _check(self.warmup_steps >= 0, f"{key}.warmup_steps", ">= 0", self.warmup_steps)
+        _check(0 < self.warmup_start_factor <= 1, f"{key}.warmup_start_factor", "in (0, 1]",
+               self.warmup_start_factor)
+        _check(0 <= self.min_lr_factor <= 1, f"{key}.min_lr_factor", "in [0, 1]", self.min_lr_factor)
+        _check(self.val_every_n_steps >= 0, f"{key}.val_every_n_steps", ">= 0", self.val_every_n_steps)
+        _check(self.val_every_n_steps == 0 or self.max_steps == -1 or self.max_steps % self.val_every_n_steps == 0,
+               f"{key}.max_steps", "a multiple of val_every_n_steps (so the last step is validated)",
+               self.max_steps)
+        _check(self.num_threads >= 0, f"{key}.num_threads", ">= 0", self.num_threads)
+        _check(self.affine_start_step >= 0, f"{key}.affine_start_step", ">= 0", self.affine_start_step)
+        _check(self.affine_ramp_steps >= 0, f"{key}.affine_ramp_steps", ">= 0", self.affine_ramp_steps)
         _check(self.weight_decay >= 0, f"{key}.weight_decay", ">= 0", self.weight_decay)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
         _check(self.max_epochs >= 1, f"{key}.max_epochs", ">= 1", self.max_epochs)
@@ -197,18 +228,37 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class SsimParams:
-    """Pixel-wise method (DESIGN §5)."""
+    """Pixel-wise method (DESIGN §5). These defaults are the `ssim:` section of params.yaml (a test
+    checks it): `spotdiff detect` run outside the repository behaves as inside it."""
 
     sigma: float = 1.5
-    threshold: Any = "otsu"  # "otsu" or a float in (0, 1] on the 1-SSIM map
-    morph_kernel: int = 5
-    min_area_fraction: float = 0.0005
+    threshold: Any = "otsu"  # "otsu" or a float in (0, 1] on the difference map
+    # Regions: "objects" groups the thresholded difference into one box per changed object
+    # (hysteresis, proximity gap, overlapping boxes merged); "components" is the plain rule
+    # (opening + closing with morph_kernel, one box per connected component).
+    grouping: Literal["objects", "components"] = "objects"
+    morph_kernel: int = 5  # "components" only
+    # "objects": pixels above hysteresis × threshold join a region that has a pixel above threshold.
+    # 1.0 (off) by default: below 1 boxes grow into the SSIM window's halo (stand-in COCO AP 0.37 → 0.21 at 0.5).
+    hysteresis: float = 1.0
+    # "objects": fragments closer than this fraction of the working frame's longer side are one object.
+    group_gap: float = 0.012
+    # "objects": a region must hold a pixel whose grey level moved by this much (in [0, 1]) or whose
+    # mean colour moved past min_threshold; JPEG ringing that SSIM rates as different does not.
+    seed_delta: float = 0.15
+    # Regions smaller than this fraction of the frame are dropped (a few pixels of a glyph still count).
+    min_area_fraction: float = 0.00002
     max_side: int = 1024
-    align: Literal["none", "homography"] = "none"
-    # Otsu never goes below this on the 1-SSIM map (identical or near-identical images box nothing).
+    # auto: homography from feature matches when they support one, else identity (the choice is in
+    # the report); homography: features, then ECC, then identity, each fallback a warning; none.
+    align: Literal["none", "homography", "auto"] = "auto"
+    # Otsu never goes below this on the difference map (identical or near-identical images box nothing).
     min_threshold: float = 0.3
-    # Fit B's grey levels to A's (robust gain + offset) before SSIM: global brightness is not a change.
+    # Fit B's colour channels to A's (robust gain + offset): exposure and white balance are not a change.
     normalize: bool = True
+    # Local mean colour difference (RMS over R, G, B in [0, 1]) that counts as a full difference; it
+    # finds flat and iso-luminant changes SSIM on grey misses. 0 = grey SSIM only.
+    colour_scale: float = 0.25
 
     def validate(self, key: str) -> None:
         _check(self.sigma > 0, f"{key}.sigma", "> 0", self.sigma)
@@ -217,9 +267,13 @@ class SsimParams:
                                             and 0 < float(self.threshold) <= 2),
                f"{key}.threshold", "'otsu' or a number in (0, 2]", self.threshold)
         _check(self.morph_kernel >= 0, f"{key}.morph_kernel", ">= 0", self.morph_kernel)
+        _check(0 < self.hysteresis <= 1, f"{key}.hysteresis", "in (0, 1]", self.hysteresis)
+        _check(0 <= self.group_gap < 0.5, f"{key}.group_gap", "in [0, 0.5)", self.group_gap)
+        _check(0 <= self.seed_delta <= 1, f"{key}.seed_delta", "in [0, 1]", self.seed_delta)
         _check(0 <= self.min_area_fraction < 1, f"{key}.min_area_fraction", "in [0, 1)",
                self.min_area_fraction)
         _check(self.max_side >= 64, f"{key}.max_side", ">= 64", self.max_side)
+        _check(self.colour_scale >= 0, f"{key}.colour_scale", ">= 0", self.colour_scale)
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,23 @@ Validation items are deterministic: augmentation parameters come from `rng([seed
 Training items are random per access: the seed also takes a number drawn from torch's global RNG,
 which the DataLoader seeds differently in each worker and each epoch (and `seed_everything` makes
 reproducible).
+
+Training through `CurriculumSampler` instead: the sampler yields keys `(index, draw, strength)`
+where `draw` is the item's position in the whole run (epoch · n + i) and `strength` the affine
+strength of the curriculum at the optimiser step that batch belongs to. The item's parameters come
+from `rng([seed, index, draw])`, so a run is the same whatever `num_workers` is, and the geometry
+follows the step count exactly even when workers prefetch ahead.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from spotdiff.data.pairs import load_pair_source, read_manifest
 from spotdiff.data.transforms import PairAugmenter
@@ -53,10 +61,17 @@ class PairDataset(Dataset):
             return np.random.default_rng([self.seed, index])
         return np.random.default_rng([self.seed, index, int(torch.randint(0, 2**62, ()).item())])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int, float]) -> dict:
+        """`key`: an index, or `(index, draw, strength)` from `CurriculumSampler`."""
+        if isinstance(key, (tuple, list)):
+            index, draw, strength = int(key[0]), int(key[1]), float(key[2])
+            rng = np.random.default_rng([self.seed, index, draw])
+        else:
+            index, strength = int(key), 1.0
+            rng = self._rng(index)
         entry = self.entries[index]
         image_a, image_b, masks = load_pair_source(entry, self.source)
-        pair = self.augmenter(image_a, image_b, masks, rng=self._rng(index))
+        pair = self.augmenter(image_a, image_b, masks, rng=rng, strength=strength)
         return {"image_a": pair.image_a.float().contiguous(), "image_b": pair.image_b.float().contiguous(),
                 "boxes_a": pair.boxes_a, "boxes_b": pair.boxes_b, "pair_id": str(entry["id"])}
 
@@ -68,3 +83,47 @@ def collate_pairs(items: list[dict]) -> dict:
             "boxes_a": [it["boxes_a"] for it in items],
             "boxes_b": [it["boxes_b"] for it in items],
             "pair_ids": [it["pair_id"] for it in items]}
+
+
+@dataclass(frozen=True)
+class AffineCurriculum:
+    """Affine strength per optimiser step: 0 before `start_step`, then a linear ramp to 1 over `ramp_steps`."""
+
+    start_step: int = 0
+    ramp_steps: int = 0
+
+    def strength(self, step: int) -> float:
+        if step < self.start_step:
+            return 0.0
+        if self.ramp_steps <= 0:
+            return 1.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps)
+
+
+class CurriculumSampler(Sampler):
+    """Shuffled training keys `(index, draw, strength)`; one permutation per epoch from `rng([seed, epoch])`.
+
+    Lightning calls `set_epoch` before each epoch; the step of the i-th item of epoch e is
+    e · ceil(n / batch_size) + i // batch_size (no dropped last batch), as the Trainer counts it.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int,
+                 curriculum: AffineCurriculum = AffineCurriculum()) -> None:
+        self.length, self.batch_size, self.seed = int(length), int(batch_size), int(seed)
+        self.curriculum = curriculum
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1  # a loop that never calls set_epoch still gets a new epoch each pass
+        order = np.random.default_rng([self.seed, 7, epoch]).permutation(self.length)
+        first_step = epoch * math.ceil(self.length / self.batch_size)
+        for i, index in enumerate(order.tolist()):
+            step = first_step + i // self.batch_size
+            yield index, epoch * self.length + i, self.curriculum.strength(step)

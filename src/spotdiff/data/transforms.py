@@ -19,6 +19,11 @@ Parameters are kornia's own `RandomAffine` / `ColorJitter` parameter dicts (plai
 by kornia under a torch RNG seeded from a numpy Generator, so they are deterministic given the
 seed, can be `torch.save`d as `{"aff": ..., "jit": ...}` (the published test-augmentation format)
 and replayed with `augment_pair(..., params=(params_a, params_b))`.
+
+Geometry strength (the training curriculum, `train.affine_start_step` / `affine_ramp_steps`): with
+`strength` s in [0, 1] the sampled rotation and translation are multiplied by s and the scale moved
+towards 1 (1 + s·(scale − 1)) — the same distribution as kornia's over a range shrunk by s, so s = 0
+is identity geometry (colour jitter only) and s = 1 the configured affine.
 """
 
 from __future__ import annotations
@@ -83,16 +88,25 @@ class PairAugmenter:
 
     # ---------------------------------------------------------- parameters
 
-    def sample_params(self, height: int, width: int, rng: np.random.Generator) -> ImageParams:
-        """Draw one image's parameters with kornia's own distributions, deterministically from `rng`."""
+    def sample_params(self, height: int, width: int, rng: np.random.Generator,
+                      strength: float = 1.0) -> ImageParams:
+        """Draw one image's parameters with kornia's own distributions, deterministically from `rng`.
+
+        `strength` in [0, 1] shrinks the affine part towards the identity (module docstring).
+        """
         if not self.params.enabled:
             return identity_params(height, width)
         shape = torch.Size([1, 3, height, width])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
-            aff = self.affine.forward_parameters(shape)
+            aff = dict(self.affine.forward_parameters(shape))
             jit = self.jitter.forward_parameters(shape)
-        return {"aff": dict(aff), "jit": dict(jit)}
+        if strength < 1.0:
+            s = max(0.0, float(strength))
+            aff["angle"] = aff["angle"] * s
+            aff["translations"] = aff["translations"] * s
+            aff["scale"] = 1 + (aff["scale"] - 1) * s
+        return {"aff": aff, "jit": dict(jit)}
 
     def matrix(self, params: ImageParams, image: torch.Tensor) -> torch.Tensor:
         """The 1×3×3 pixel-space matrix kornia applies for these affine params."""
@@ -150,12 +164,14 @@ class PairAugmenter:
 
     def __call__(self, image_a: np.ndarray, image_b: np.ndarray, changed_masks: np.ndarray,
                  rng: Optional[np.random.Generator] = None,
-                 params: Optional[tuple[ImageParams, ImageParams]] = None) -> AugmentedPair:
+                 params: Optional[tuple[ImageParams, ImageParams]] = None,
+                 strength: float = 1.0) -> AugmentedPair:
         """Augment a pair sharing one source frame.
 
         image_a, image_b: H×W×3 uint8 RGB (same size); changed_masks: K×H×W bool, the changed objects
-        in the shared frame. Either `rng` (sample, resampling when nothing stays visible) or
-        `params` (replay exactly those; identity when they leave nothing visible).
+        in the shared frame. Either `rng` (sample, resampling when nothing stays visible; `strength`
+        scales the affine part) or `params` (replay exactly those; identity when they leave nothing
+        visible).
         """
         if image_a.shape != image_b.shape:
             raise ValueError(f"pair images differ in size: {image_a.shape} vs {image_b.shape}")
@@ -166,7 +182,7 @@ class PairAugmenter:
             draws = [params]
         elif rng is not None:
             draws = (  # generator: parameters are only drawn when needed
-                (self.sample_params(h, w, rng), self.sample_params(h, w, rng))
+                (self.sample_params(h, w, rng, strength), self.sample_params(h, w, rng, strength))
                 for _ in range(self.params.max_resample))
         else:
             raise ValueError("give rng (to sample) or params (to replay)")
