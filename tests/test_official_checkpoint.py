@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spotdiff.errors import SpotdiffError
 from spotdiff.models import official
 from spotdiff.models.cyws import CYWS, load_model
 

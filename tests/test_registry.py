@@ -329,7 +329,6 @@ def test_import_published_checkpoint_as_champion(workspace, capsys):
     from spotdiff.cli import main
     from spotdiff.methods.learned import load_reference
     from spotdiff.models import official
-
     from test_official_checkpoint import random_reference_model, write_published
 
     root = workspace["root"]

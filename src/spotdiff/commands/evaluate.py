@@ -25,9 +25,8 @@ def evaluate(
 ) -> None:
     """Score CYWS and SSIM on the test sets (VOC AP@0.5, COCO AP); write metrics, curves, report, samples."""
     from spotdiff.evaluate_stage import evaluate as run
-    from spotdiff.params import load_params
-
     from spotdiff.evaluate_stage import is_registry_reference
+    from spotdiff.params import load_params
 
     cfg = load_params(params)
     if mlflow and is_registry_reference(model):

@@ -27,8 +27,9 @@ backbone, number of CoAM layers and scSE read off the weights (the published fil
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
