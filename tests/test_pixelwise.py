@@ -62,6 +62,7 @@ def test_detector_protocol_and_validation():
     assert isinstance(det, Detector)
     with pytest.raises(SpotdiffError, match="align"):
         SsimDetector(align="affine")
+    assert det.align == "auto"  # registration is on by default
     with pytest.raises(SpotdiffError, match="uint8"):
         det.detect(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8))
 
@@ -168,7 +169,7 @@ def test_ignore_mask(astronaut, pasted):
 def test_fixed_threshold_and_min_area(astronaut, pasted):
     b = pasted.copy()
     b[50:53, 50:53] = 0  # a 9-pixel speck
-    loose = SsimParams(threshold=0.3, morph_kernel=0, min_area_fraction=0.0)
+    loose = SsimParams(threshold=0.3, grouping="components", morph_kernel=0, min_area_fraction=0.0)
     assert len(SsimDetector(loose).detect(astronaut, b)[0]) == 2
     strict = dataclasses.replace(loose, min_area_fraction=0.001)  # 262 px at 512×512
     ba = SsimDetector(strict).detect(astronaut, b)[0]

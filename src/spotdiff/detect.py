@@ -33,7 +33,7 @@ from spotdiff.methods.base import PairDetections
 from spotdiff.params import DEFAULT_PARAMS_PATH, Params, SsimParams, load_params
 
 METHODS = ("ssim", "cyws")
-ALIGNS = ("none", "homography")
+ALIGNS = ("auto", "homography", "none")  # = spotdiff.methods.pixelwise.ALIGNS
 DEFAULT_MODEL_REF = "models/cyws.pt"
 DISPLAY_TOP_K = 5  # boxes drawn for the learned method (after NMS), as the paper's figures
 
@@ -231,7 +231,7 @@ def detect_pair(path_a: str | Path, path_b: str | Path, method: str = "ssim", mo
     """Find the changes between two image files; returns the report (the CLI's JSON, see module doc).
 
     `params`: Params, SsimParams, a params.yaml path, or None (./params.yaml if present, else the
-    defaults). `align` ("none" | "homography") overrides `ssim.align`. `ignore_mask`: a mask image
+    defaults). `align` ("auto" | "homography" | "none") overrides `ssim.align`. `ignore_mask`: a mask image
     path or a bool array, the size of image A; white / True regions are never reported.
     """
     req = prepare(path_a, path_b, method=method, model=model, params=params, top_k=top_k,

@@ -65,7 +65,8 @@ def detect(
         "ssim", "--method", metavar="NAME", help="ssim (pixel-wise, no training) or cyws (learned)."),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="REF",
-        help="cyws: checkpoint path or registry reference (default models/cyws.pt)."),
+        help="cyws: checkpoint (ours or the authors' published .ckpt) or models:/NAME@ALIAS; "
+             "default: the registry champion, else models/cyws.pt."),
     out: str = typer.Option(
         ".", "--out", metavar="DIR", help="Folder for <stem>.boxes.png, the panel and (default) the JSON."),
     json_file: Optional[str] = typer.Option(
@@ -79,7 +80,8 @@ def detect(
         help="Mask image the size of A; white regions are never reported."),
     align: Optional[str] = typer.Option(
         None, "--align", metavar="MODE",
-        help="none or homography (register B onto A first); default: ssim.align."),
+        help="auto (register B onto A when features support it, else compare as is), homography "
+             "(always register) or none; default: ssim.align (auto)."),
     params_file: Optional[str] = typer.Option(
         None, "--params", metavar="FILE",
         help="params.yaml to read (default ./params.yaml, else built-in defaults)."),

@@ -1,29 +1,41 @@
-"""The pixel-wise method (DESIGN §5): SSIM difference map → threshold → morphology → boxes.
+"""The pixel-wise method (DESIGN §5): SSIM + colour difference map → threshold → object regions → boxes.
 
 Pipeline, for images A and B of any sizes:
 
 1. Working frame: A's aspect ratio, downscaled so its longer side is ≤ `SsimParams.max_side` and
    so that neither image is upsampled (a sharp image against a blown-up one differs in every
    texture); B is resized to the same working size, so different sizes and resolutions compare.
-2. Optional registration (`align="homography"`): ORB features + RANSAC homography (SIFT when ORB
-   finds too few inliers, then ECC, then identity — each fallback is a warning and a note in the
-   result). B is warped into A's frame; pixels outside the warped overlap take A's values, so they
-   never differ, and are excluded.
-3. Photometric normalisation (`normalize`): a robust linear fit maps B's grey levels onto A's
-   (the changes themselves and saturated pixels are outliers of the fit), so a global brightness /
-   contrast change is not a difference.
-4. SSIM on grey images in [0, 1] (explicit data range 1.0), Gaussian window (`sigma`, truncated at
-   3.5 σ like scikit-image), computed in torch: the five filterings μx, μy, E[x²], E[y²], E[xy] run
-   as one grouped separable convolution, so the same code runs on a GPU. Difference = 1 − SSIM.
+2. Registration (`align`): "auto" (the default) estimates a homography from ORB (then SIFT) feature
+   matches refined by ECC, and keeps it only when the features support it and it fits B to A better
+   than no warp; otherwise identity, quietly (identical, flat or tiny images), with the reason in the
+   notes. "homography" insists (ECC alone as a last resort, every fallback a warning); "none" skips.
+   B is warped into A's frame; pixels outside the warped overlap take A's values and are excluded.
+3. Photometric normalisation (`normalize`): a robust affine colour fit (3×3 matrix + offset; grey
+   images: gain + offset) maps B onto A (the changes themselves and saturated pixels are outliers of
+   the fit), so exposure, contrast, white balance and saturation are not differences.
+4. Difference map = max(1 − SSIM on grey, local mean colour difference / `colour_scale`). SSIM: grey
+   in [0, 1] (explicit data range 1.0), Gaussian window (`sigma`, truncated at 3.5 σ like
+   scikit-image), in torch (one grouped separable convolution, so the same code runs on a GPU) or
+   OpenCV. The colour term is the RMS over R, G, B of the Gaussian-blurred signed difference: it
+   lights flat and iso-luminant changes that SSIM, blind to a mean shift in a flat patch, leaves dark,
+   and averages out anti-aliasing and JPEG noise.
 5. Threshold: Otsu on the difference map (but never below `min_threshold`), or a fixed value.
-6. Morphology: opening then closing with an elliptic `morph_kernel` (0 = none).
-7. Connected components (8-connected, OpenCV) → boxes; components smaller than `min_area_fraction` of the
-   frame are dropped. Score = mean difference (clipped to [0, 1]) over the component's pixels.
-8. Boxes are scaled back to A's pixels; B's boxes are the same regions mapped through the inverse
+6. Regions (`grouping`):
+   - "objects" (default): hysteresis — pixels above `hysteresis` × threshold count when their
+     8-connected region has a pixel above the threshold (faint tails of a change are covered, noise
+     without a strong core is not); fragments closer than `group_gap` × the frame's longer side are
+     one object (a textured object lights up along its texture in pieces); then boxes that overlap
+     are merged until none do (one numbered box per object, never overlapping boxes in one image).
+     Each box's `regions` entry in the diagnostics says how many fragments it holds and which rules
+     joined them.
+   - "components": opening then closing with an elliptic `morph_kernel`, one box per component.
+   Regions smaller than `min_area_fraction` of the frame are dropped. Score = mean difference
+   (clipped to [0, 1]) over the region's pixels.
+7. Boxes are scaled back to A's pixels; B's boxes are the same regions mapped through the inverse
    registration and scaled to B's pixels — box i in A and box i in B are the same change.
 
 Ignore mask: a bool array in A's pixels (True = never report). Inside it B takes A's values before
-SSIM and the difference is zeroed, so nothing there is ever reported.
+the difference and the difference is zeroed, so nothing there is ever reported.
 """
 
 from __future__ import annotations
@@ -40,6 +52,15 @@ from spotdiff.params import SsimParams
 
 TRUNCATE = 3.5  # Gaussian window radius in sigmas (scikit-image's default)
 MIN_INLIERS = 12
+ALIGNS = ("auto", "homography", "none")  # registration modes (see the module doc)
+# The colour term blurs over this many SSIM sigmas: at 1 σ JPEG's halved chroma resolution still
+# shows along colour edges (1 − SSIM-sized values at quality 75); at 2 σ it averages out.
+COLOUR_BLUR = 2.0
+# A region with no evidence pixel (see `SsimDetector._difference`) must cover this much of the frame:
+# JPEG ringing lights specks (≤ ~0.3 %), a low-contrast textured object lights a large area.
+QUIET_REGION_FRACTION = 0.005
+# Ridge weight (per sample) on the colour fit's cross-channel and square terms (see match_colour).
+RIDGE = 1e-2
 
 
 # ---------------------------------------------------------------- SSIM in torch
@@ -177,13 +198,23 @@ def _ecc_homography(a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None
     sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     warp = np.eye(3, dtype=np.float32)
+    mask = None
     if init is not None:  # ECC's warp maps A's pixels to B's, at the reduced size
         warp = (np.linalg.inv(S) @ np.linalg.inv(init) @ S).astype(np.float32)
         warp /= warp[2, 2]
+        # ECC is a least-squares fit: the changes themselves pull it off by a fraction of a pixel,
+        # enough to light every sharp edge. Fit only where B, warped by `init`, already matches A.
+        bw = cv2.warpPerspective(sb, np.linalg.inv(warp.astype(np.float64)), size,
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        d = sa - bw
+        d -= np.median(d)
+        mask = cv2.erode((np.abs(d) < 20 / 255).astype(np.uint8), np.ones((5, 5), np.uint8))
+        if mask.mean() < 0.2:  # too little agrees: the plain fit is the better guess
+            mask = None
     try:
         _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_HOMOGRAPHY,
                                        (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-6),
-                                       None, 3)
+                                       mask, 3)
     except cv2.error:
         return None
     w_full = S @ warp.astype(np.float64) @ np.linalg.inv(S)  # maps A's pixels to B's
@@ -252,6 +283,78 @@ def estimate_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, 
     return np.eye(3), "identity", notes
 
 
+def _misfit(a: np.ndarray, b: np.ndarray, H: np.ndarray | None) -> float:
+    """Mean absolute grey difference (0-255) between A and B warped by H (None: as is), over the
+    pixels B covers, on ≤ 512-px copies: the yardstick that decides whether a warp helps."""
+    import cv2
+
+    s = min(1.0, 512 / max(a.shape))
+    size = (max(8, round(a.shape[1] * s)), max(8, round(a.shape[0] * s)))
+    sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+    inside = np.ones(sa.shape, bool)
+    if H is not None:
+        S = np.diag([size[0] / a.shape[1], size[1] / a.shape[0], 1.0])
+        Hs = S @ H @ np.linalg.inv(S)
+        sb = cv2.warpPerspective(sb, Hs, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        inside = cv2.warpPerspective(np.ones(sa.shape, np.uint8), Hs, size, flags=cv2.INTER_NEAREST) > 0
+    if not inside.any():
+        return float("inf")
+    return float(np.abs(sa - sb.astype(np.float32))[inside].mean())
+
+
+def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
+    """Registration for `align="auto"`: (H B→A, method, notes) with method "identity" whenever the
+    features do not support a homography or it does not fit B to A better than no warp.
+
+    Without enough features, ECC from identity is tried and kept only when it fits B to A clearly
+    better than no warp (on flat images it drifts as readily as it converges). Notes say why identity
+    was chosen; nothing is warned.
+    """
+    h, w = a.shape
+    if np.array_equal(a, b):
+        return np.eye(3), "identity", ["images identical in the working frame; no registration needed"]
+    if min(h, w) < 32:
+        return np.eye(3), "identity", [f"working frame {w}×{h} too small to register; compared as is"]
+    notes: list[str] = []
+    for kind in ("orb", "sift"):
+        try:
+            H, n = _features_homography(a, b, kind)
+        except Exception as exc:  # cv2 without SIFT, odd images
+            H, n = None, 0
+            notes.append(f"{kind} failed ({type(exc).__name__})")
+        if not _plausible(H, w, h):
+            notes.append(f"{kind}: no plausible homography ({n} consistent matches, need {MIN_INLIERS})")
+            continue
+        H = H / H[2, 2]
+        # Feature positions are pixel-accurate at best and ECC can drift on the changes themselves:
+        # keep whichever of (features, features+ECC, no warp) fits B to A best.
+        candidates = {kind: H, "identity": np.eye(3)}
+        refined = _ecc_homography(a, b, init=H, max_side=512, iterations=50)
+        if _plausible(refined, w, h) and _corner_shift(refined, H, w, h) < 0.05 * max(w, h):
+            candidates[kind + "+ecc"] = refined / refined[2, 2]
+        misfit = {name: _misfit(a, b, None if name == "identity" else M) for name, M in candidates.items()}
+        method = min(misfit, key=misfit.get)
+        if method == "identity":
+            notes.append(f"{kind}: no homography fits B to A better than none "
+                         f"(mean |A-B| {misfit[kind]:.2f} vs {misfit['identity']:.2f}); compared as is")
+            return np.eye(3), "identity", notes
+        H = candidates[method]
+        if _corner_shift(H, np.eye(3), w, h) < 0.3:
+            # Interpolating by less than a third of a pixel only blurs B.
+            return np.eye(3), "identity", notes + [f"{method}: no camera motion (corners move < 0.3 px)"]
+        return H, method, notes
+    # Few features (small or smooth images): ECC from identity, kept only if it clearly fits better.
+    H = _ecc_homography(a, b)
+    if _plausible(H, w, h) and _corner_shift(H, np.eye(3), w, h) >= 0.3:
+        before, after = _misfit(a, b, None), _misfit(a, b, H)
+        if after < 0.9 * before:
+            return H / H[2, 2], "ecc", notes
+        notes.append(f"ecc: fits B to A no better than none (mean |A-B| {after:.2f} vs {before:.2f})")
+    notes.append("compared without registration")
+    return np.eye(3), "identity", notes
+
+
 # ---------------------------------------------------------------- detector
 
 
@@ -313,6 +416,50 @@ def match_brightness(x: np.ndarray, y: np.ndarray, region: np.ndarray, iteration
     return y * np.float32(g) + np.float32(o)
 
 
+def match_colour(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Map colour image `y` onto `x` (both H×W×3 float32 in [0, 1]) by a robust colour fit over
+    `region`: x ≈ M·y + Q·y² + o (M, Q 3×3 on y and its squares, o offset) — exposure, white balance, contrast
+    and saturation are affine colour maps; the squares take up a gamma change.
+
+    Least squares on the inliers (residual within 3 robust σ, at least 2 grey levels), starting from
+    a per-channel offset, so the changes and saturated pixels do not bend the fit. Each channel's own
+    gain and offset are free; the cross-channel and square terms are pulled towards 0 (ridge): a scene
+    of few colours leaves them ill-determined. Returns `y` itself when
+    the fit is the identity.
+    """
+    import cv2
+
+    step = max(1, int(np.ceil(np.sqrt(x.shape[0] * x.shape[1] / 60_000))))  # fit on ≤ ~60k samples
+    xs = x[::step, ::step].reshape(-1, 3).astype(np.float64)
+    ys = y[::step, ::step].reshape(-1, 3).astype(np.float64)
+    keep = np.all((xs > 1.5 / 255) & (xs < 253.5 / 255) & (ys > 1.5 / 255) & (ys < 253.5 / 255), axis=1)
+    if not region.all():
+        keep &= region[::step, ::step].ravel()
+    xs, ys = xs[keep], ys[keep]
+    if len(xs) < 64:
+        return y
+    design = np.concatenate([ys, ys * ys, np.ones((len(ys), 1))], axis=1)  # n × 7
+    prior = np.vstack([np.eye(3), np.zeros((4, 3))])
+    fit = prior.copy()
+    fit[6] = np.median(xs - ys, axis=0)
+    for _ in range(iterations):
+        r = np.linalg.norm(xs - design @ fit, axis=1)
+        inl = r <= max(3 * 1.4826 * float(np.median(r)), 2 / 255)
+        if inl.sum() < 64:
+            break
+        di = design[inl]
+        gram, rhs = di.T @ di, di.T @ xs[inl]
+        for c in range(3):  # channel c's own gain and the offset are free; the rest is pulled to 0
+            lam = RIDGE * inl.sum() * np.diag([float(i != c) for i in range(3)] + [1.0] * 3 + [0.0])
+            fit[:, c] = np.linalg.solve(gram + lam, rhs[:, c])
+    if np.abs(fit - prior).max() < 1e-3 and np.abs(fit[6]).max() < 0.5 / 255:
+        return y
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    out = cv2.transform(y, np.concatenate([fit[:3].T, fit[6][:, None]], axis=1).astype(np.float32))
+    out += cv2.transform(y * y, fit[3:6].T.astype(np.float32))
+    return out
+
+
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu threshold of values in [0, 1] (values above 1 count as 1; 256 bins, by OpenCV)."""
     import cv2
@@ -364,6 +511,142 @@ def regions_to_boxes(diff: np.ndarray, binary: np.ndarray, min_area: float
     return boxes[order], scores[order]
 
 
+def _merge_overlapping(boxes: np.ndarray, members: list[list[int]]) -> tuple[np.ndarray, list[list[int]]]:
+    """Merge boxes (xyxy, exclusive ends) that overlap, repeating until none do (a merged box can
+    reach a third one); `members` follows the merges. Union-find over the overlap graph per round."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    while len(boxes) > 1:
+        ix = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+        iy = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+        touch = (ix > 0) & (iy > 0)
+        np.fill_diagonal(touch, False)
+        if not touch.any():
+            break
+        i, j = np.nonzero(touch)
+        n, group = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(len(boxes),) * 2),
+                                        directed=False)
+        merged = np.empty((n, 4))
+        merged[:, :2] = np.inf
+        merged[:, 2:] = -np.inf
+        np.minimum.at(merged[:, 0], group, boxes[:, 0])
+        np.minimum.at(merged[:, 1], group, boxes[:, 1])
+        np.maximum.at(merged[:, 2], group, boxes[:, 2])
+        np.maximum.at(merged[:, 3], group, boxes[:, 3])
+        new_members: list[list[int]] = [[] for _ in range(n)]
+        for k, g in enumerate(group):
+            new_members[g].extend(members[k])
+        boxes, members = merged, new_members
+    return boxes, members
+
+
+def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area: float,
+                  region: np.ndarray | None = None, evidence: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Object-level regions of a difference map → (xyxy boxes, scores, one diagnostics dict per box).
+
+    Rules, in order (each box's dict says which ones joined its fragments):
+    - hysteresis: 8-connected regions of `diff > low` that hold a pixel `> high` (and, when
+      `evidence` is given, a pixel marked there, or else cover `QUIET_REGION_FRACTION` of the
+      frame) — a fragment;
+    - gap: fragments within `gap` px of each other (Chebyshev) are one object — the pixels are
+      labelled on a dilated copy, so boxes stay tight around the real pixels;
+    - overlap: objects whose boxes overlap are merged, repeatedly, so no two boxes overlap;
+    objects with fewer than `min_area` pixels are dropped. Score = mean clipped difference.
+    """
+    import cv2
+
+    h, w = diff.shape
+    weak = np.greater(diff, low).view(np.uint8)
+    if region is not None:
+        weak &= region.view(np.uint8)
+    if not weak.any():
+        return np.zeros((0, 4)), np.zeros(0), []
+    n, labels = cv2.connectedComponents(weak, connectivity=8, ltype=cv2.CV_32S)
+    fg = np.flatnonzero(weak.ravel())
+    lab = labels.ravel()[fg]
+    strong = np.zeros(n, bool)
+    strong[lab[diff.ravel()[fg] > high]] = True
+    if evidence is not None:
+        moved = np.zeros(n, bool)
+        moved[lab[evidence.ravel()[fg]]] = True
+        # a low-contrast texture appearing over a large area is a change even without evidence
+        moved |= np.bincount(lab, minlength=n) >= QUIET_REGION_FRACTION * h * w
+        strong &= moved
+    strong[0] = False
+    if not strong.any():
+        return np.zeros((0, 4)), np.zeros(0), []
+    keep = strong[lab]
+    fg, lab = fg[keep], lab[keep]
+    # fragments → objects: label the kept pixels on a copy dilated by the gap
+    if gap > 0:
+        kept = np.zeros(h * w, np.uint8)
+        kept[fg] = 1
+        grown = cv2.dilate(kept.reshape(h, w), np.ones((gap + 1, gap + 1), np.uint8))
+        _, obj_labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
+        obj = obj_labels.ravel()[fg]
+    else:
+        obj = lab
+    obj_ids, obj = np.unique(obj, return_inverse=True)
+    m = obj_ids.size
+    frag_ids = np.unique(np.stack([obj, lab], 1), axis=0)[:, 0]
+    fragments = np.bincount(frag_ids, minlength=m)
+    area = np.bincount(obj, minlength=m).astype(np.float64)
+    sums = np.bincount(obj, weights=np.minimum(diff.ravel()[fg], 1.0), minlength=m)
+    ys, xs = np.divmod(fg, w)
+    boxes = np.empty((m, 4))
+    boxes[:, :2] = np.inf
+    boxes[:, 2:] = -np.inf
+    np.minimum.at(boxes[:, 0], obj, xs)
+    np.minimum.at(boxes[:, 1], obj, ys)
+    np.maximum.at(boxes[:, 2], obj, xs + 1)
+    np.maximum.at(boxes[:, 3], obj, ys + 1)
+    big = np.flatnonzero(area >= max(min_area, 1))
+    boxes, area, sums, fragments = boxes[big], area[big], sums[big], fragments[big]
+    members = [[k] for k in range(len(big))]
+    boxes, members = _merge_overlapping(boxes, members)
+    scores = np.array([sums[mb].sum() / area[mb].sum() for mb in members]) if members else np.zeros(0)
+    info = []
+    for mb in members:
+        frags = int(fragments[mb].sum())
+        rules = (["gap"] if any(fragments[k] > 1 for k in mb) else []) + (["overlap"] if len(mb) > 1 else [])
+        info.append({"fragments": frags, "pixels": int(area[mb].sum()), "merged_by": rules})
+    order = np.argsort(-scores, kind="stable")
+    return boxes[order], scores[order], [info[k] for k in order]
+
+
+def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
+                      y_raw: np.ndarray | None = None) -> np.ndarray:
+    """Local mean colour difference of two H×W×3 float32 images in [0, 1], divided by `scale`.
+
+    The blur decides whether the colour changed: RMS over channels of the Gaussian-blurred signed
+    difference (anti-aliasing and JPEG ringing flip sign along an edge and cancel out). The pixels
+    say where: the term is capped by the pixel's own RMS difference (3×3 max, a pixel of slack), so
+    the blur's halo does not spill into unchanged background and inflate the boxes of small objects.
+    Pixels clipped in A or in `y_raw` (B before the photometric fit; default `y`) count as unchanged.
+    """
+    import cv2
+
+    y_raw = y if y_raw is None else y_raw
+    k = gaussian_kernel1d(sigma).numpy().astype(np.float32)
+    mean_rgb = np.full((1, 3), 1 / 3, np.float32)
+    d = np.subtract(x, y)
+    local = cv2.sepFilter2D(d, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT)
+    local *= local
+    out = cv2.transform(local, mean_rgb)  # mean over channels, one pass
+    d *= d
+    own = cv2.dilate(cv2.transform(d, mean_rgb), np.ones((3, 3), np.uint8))
+    # a clipped channel tells nothing about the colour (brighter exposure saturates whites)
+    clipped = (x.min(axis=2) <= 0.5 / 255) | (x.max(axis=2) >= 254.5 / 255) \
+        | (y_raw.min(axis=2) <= 0.5 / 255) | (y_raw.max(axis=2) >= 254.5 / 255)
+    own[clipped] = 0.0
+    np.minimum(out, own, out=out)
+    cv2.sqrt(out, out)
+    out *= np.float32(1.0 / scale)
+    return out
+
+
 class SsimDetector:
     """The pixel-wise SSIM detector (see the module docstring)."""
 
@@ -378,8 +661,8 @@ class SsimDetector:
 
         self.params = params or SsimParams()
         self.align = align if align is not None else self.params.align
-        if self.align not in ("none", "homography"):
-            raise SpotdiffError(f"align: unknown value {self.align!r}; use none or homography")
+        if self.align not in ALIGNS:
+            raise SpotdiffError(f"align: unknown value {self.align!r}; use {', '.join(ALIGNS)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if backend not in ("auto", "torch", "opencv"):
             raise SpotdiffError(f"backend: unknown value {backend!r}; use auto, torch or opencv")
@@ -396,8 +679,9 @@ class SsimDetector:
     def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
             keep_maps: bool = False) -> PairDetections:
         """Detect, returning `PairDetections` (paired boxes) with diagnostics in `extras`
-        (`align`, `homography`, `threshold`, `working_size`, `notes`, `timings`; with `keep_maps`
-        also `diff` (float32 map in the working frame) and `valid`)."""
+        (`align` used and `align_requested`, `homography_b_to_a_working`, `threshold`, `grouping`,
+        `regions` (per box: fragments, pixels, the rules that merged them), `working_size`, `notes`,
+        `timings`; with `keep_maps` also `diff` (float32 map in the working frame) and `valid`)."""
         import cv2
 
         p = self.params
@@ -416,8 +700,11 @@ class SsimDetector:
         # never upsample either image: a sharp A against a blown-up B differs in every texture
         s = min(1.0, p.max_side / max(ha, wa), wb / wa, hb / ha)
         w, h = max(1, round(wa * s)), max(1, round(ha * s))
-        ga = _resize(_grey(a), (w, h))
-        gb = _resize(_grey(b), (w, h))
+        colour = p.colour_scale > 0 and a.ndim == 3 and b.ndim == 3
+        ca = _resize(a if colour else _grey(a), (w, h))
+        cb = _resize(b if colour else _grey(b), (w, h))
+        ga = _grey(ca)
+        gb = _grey(cb)
         ign = None
         if ignore_mask is not None and ignore_mask.any():
             ign = cv2.resize(ignore_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
@@ -428,12 +715,18 @@ class SsimDetector:
         H = np.eye(3)
         align_used = "none"
         valid = np.ones((h, w), dtype=bool)
-        if self.align == "homography":
-            H, align_used, notes = estimate_homography(ga, gb)
+        if self.align != "none":
+            if self.align == "auto":
+                H, align_used, notes = auto_homography(ga, gb)
+            else:
+                H, align_used, notes = estimate_homography(ga, gb)
+                for note in notes:
+                    warnings.warn(f"ssim registration: {note}", RuntimeWarning, stacklevel=2)
             if align_used != "identity":
                 # replicate, not black: edge pixels must not blend with an invented border
-                gb = cv2.warpPerspective(gb, H, (w, h), flags=cv2.INTER_LINEAR,
+                cb = cv2.warpPerspective(cb, H, (w, h), flags=cv2.INTER_LINEAR,
                                          borderMode=cv2.BORDER_REPLICATE)
+                gb = _grey(cb) if cb.ndim == 3 else cb
                 inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (w, h),
                                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                              borderValue=0)
@@ -441,17 +734,14 @@ class SsimDetector:
                 r = int(TRUNCATE * p.sigma + 0.5) + 1
                 inside = cv2.erode(inside, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
                 valid = inside > 0
-            for note in notes:
-                warnings.warn(f"ssim registration: {note}", RuntimeWarning, stacklevel=2)
         t_align = time.perf_counter()
 
-        # 3-4. normalisation and SSIM
+        # 3-4. normalisation and difference map
         same = ~valid if ign is None else (~valid | ign)
         masked = bool(same.any())
         region = ~same
-        if masked:
-            gb = np.where(same, ga, gb)
-        diff = self._difference(ga, gb, region)
+        diff, evidence = self._difference(ga, gb, region, ca if colour else None, cb if colour else None,
+                                          same if masked else None)
         if masked:
             diff[same] = 0.0
         t_ssim = time.perf_counter()
@@ -461,23 +751,28 @@ class SsimDetector:
             thr = max(otsu_threshold(diff[region] if masked else diff), float(p.min_threshold))
         else:
             thr = float(p.threshold)
-        binary = np.greater(diff, thr).view(np.uint8)  # bool → 0/1 bytes, no copy
-        if masked:
-            binary &= region.view(np.uint8)
+        min_area = p.min_area_fraction * w * h
 
-        # 6. morphology
-        if p.morph_kernel > 1:
-            kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (p.morph_kernel, p.morph_kernel))
-            binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kern)
-            binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kern)
+        # 6. regions
+        regions_info: list[dict] = []
+        if p.grouping == "objects":
+            gap = int(round(p.group_gap * max(w, h)))
+            boxes_w, scores, regions_info = group_objects(diff, thr, p.hysteresis * thr, gap, min_area,
+                                                          region if masked else None, evidence)
+        else:
+            binary = np.greater(diff, thr).view(np.uint8)  # bool → 0/1 bytes, no copy
             if masked:
                 binary &= region.view(np.uint8)
-
-        # 7. components
-        boxes_w, scores = regions_to_boxes(diff, binary, p.min_area_fraction * w * h)
+            if p.morph_kernel > 1:
+                kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (p.morph_kernel, p.morph_kernel))
+                binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kern)
+                binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kern)
+                if masked:
+                    binary &= region.view(np.uint8)
+            boxes_w, scores = regions_to_boxes(diff, binary, min_area)
         t_cc = time.perf_counter()
 
-        # 8. back to each image's pixels
+        # 7. back to each image's pixels
         boxes_a = boxes_w * np.array([wa / w, ha / h, wa / w, ha / h])
         boxes_b = self._map_to_b(boxes_w, H if align_used not in ("none", "identity") else None, (w, h),
                                  (wb, hb))
@@ -485,8 +780,10 @@ class SsimDetector:
         boxes_a[:, [1, 3]] = boxes_a[:, [1, 3]].clip(0, ha)
         extras: dict[str, Any] = {
             "align": align_used,
+            "align_requested": self.align,
             "homography_b_to_a_working": H.tolist(),
             "threshold": thr,
+            "grouping": p.grouping,
             "working_size": [w, h],
             "notes": notes,
             "device": str(self.device) if self.backend == "torch" else "cpu",
@@ -494,6 +791,8 @@ class SsimDetector:
             "timings": {"prepare_s": t_prep - t0, "align_s": t_align - t_prep, "ssim_s": t_ssim - t_align,
                         "boxes_s": t_cc - t_ssim},
         }
+        if regions_info:
+            extras["regions"] = [{"label": i + 1, **r} for i, r in enumerate(regions_info)]
         if keep_maps:
             extras["diff"] = diff
             extras["valid"] = region
@@ -502,22 +801,54 @@ class SsimDetector:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _difference(self, ga: np.ndarray, gb: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """1 − SSIM of two grey uint8 images (B photometrically matched to A over `region`)."""
-        x = ga.astype(np.float32) * np.float32(1 / 255.0)
-        y = gb.astype(np.float32) * np.float32(1 / 255.0)
-        if self.params.normalize:
-            y = match_brightness(x, y, region)
-        if self.backend == "opencv":
-            smap = ssim_map_cv2(x, y, sigma=self.params.sigma, data_range=1.0)
-            return np.subtract(np.float32(1.0), smap, out=smap)
-        import torch
+    def _difference(self, ga: np.ndarray, gb: np.ndarray, region: np.ndarray,
+                    ca: np.ndarray | None = None, cb: np.ndarray | None = None,
+                    same: np.ndarray | None = None) -> np.ndarray:
+        """(difference map, evidence): the map is max(1 − SSIM of the grey images, colour difference of
+        the colour ones when given), B photometrically matched to A over `region` (an affine colour fit
+        when colour is given); where `same` is True, B takes A's values after the match, so no step
+        is left at its border. `evidence` marks pixels whose grey level moved by `seed_delta` or whose
+        mean colour moved past `min_threshold`: an object region must hold one."""
+        import cv2
 
-        with torch.no_grad():
-            tx = torch.from_numpy(x).to(self.device)[None, None]
-            ty = torch.from_numpy(y).to(self.device)[None, None]
-            smap = ssim_map(tx, ty, sigma=self.params.sigma, data_range=1.0)
-            return (1.0 - smap[0, 0]).cpu().numpy()
+        p = self.params
+        if ca is not None:
+            x3 = ca.astype(np.float32) * np.float32(1 / 255.0)
+            y3 = cb.astype(np.float32) * np.float32(1 / 255.0)
+            y3_raw = y3
+            if p.normalize:
+                y3 = match_colour(x3, y3, region)
+            if same is not None:
+                y3 = np.where(same[..., None], x3, y3)
+            y3 = np.ascontiguousarray(y3, dtype=np.float32)
+            x = _grey(x3)
+            y = _grey(y3)
+        else:
+            x = ga.astype(np.float32) * np.float32(1 / 255.0)
+            y = gb.astype(np.float32) * np.float32(1 / 255.0)
+            if p.normalize:
+                y = match_brightness(x, y, region)
+            if same is not None:
+                y = np.where(same, x, y)
+        # A change moves some grey level by seed_delta; JPEG ringing and noise, which SSIM can rate
+        # as different as a real change in a fine texture, do not (≤ ~30/255 at quality 60-75).
+        evidence = np.greater(cv2.absdiff(x, y), np.float32(p.seed_delta))
+        if self.backend == "opencv":
+            smap = ssim_map_cv2(x, y, sigma=p.sigma, data_range=1.0)
+            diff = np.subtract(np.float32(1.0), smap, out=smap)
+        else:
+            import torch
+
+            with torch.no_grad():
+                tx = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)[None, None]
+                ty = torch.from_numpy(np.ascontiguousarray(y)).to(self.device)[None, None]
+                smap = ssim_map(tx, ty, sigma=p.sigma, data_range=1.0)
+                diff = (1.0 - smap[0, 0]).cpu().numpy()
+        if ca is not None:
+            col = colour_difference(x3, y3, COLOUR_BLUR * p.sigma, p.colour_scale, y3_raw)
+            evidence |= col > np.float32(p.min_threshold)  # a mean colour shift is evidence itself
+            np.maximum(diff, col, out=diff)
+        return diff, evidence
 
     @staticmethod
     def _map_to_b(boxes_w: np.ndarray, H: np.ndarray | None, work: tuple[int, int],
