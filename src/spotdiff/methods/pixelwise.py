@@ -4,7 +4,9 @@ Pipeline, for images A and B of any sizes:
 
 1. Working frame: A's aspect ratio, downscaled so its longer side is ≤ `SsimParams.max_side` and
    so that neither image is upsampled (a sharp image against a blown-up one differs in every
-   texture); B is resized to the same working size, so different sizes and resolutions compare.
+   texture); B is resized to the same working size, so different sizes and resolutions compare —
+   stretched, unless the aspect ratios differ by < `SAME_SCALE_ASPECT` (B is A padded or cropped:
+   same scale on both axes, top-left anchored, cropped to the frame).
 2. Registration (`align`): "auto" (the default) estimates a homography from ORB (then SIFT) feature
    matches refined by ECC, and keeps it only when the features support it and it fits B to A better
    than no warp; otherwise identity, quietly (identical, flat or tiny images), with the reason in the
@@ -59,6 +61,8 @@ COLOUR_BLUR = 2.0
 # A region with no evidence pixel (see `SsimDetector._difference`) must cover this much of the frame:
 # JPEG ringing lights specks (≤ ~0.3 %), a low-contrast textured object lights a large area.
 QUIET_REGION_FRACTION = 0.005
+# Image sizes whose aspect ratios differ by less than this are one picture padded or cropped.
+SAME_SCALE_ASPECT = 0.05
 # Ridge weight (per sample) on the colour fit's cross-channel and square terms (see match_colour).
 RIDGE = 1e-2
 
@@ -450,8 +454,9 @@ def match_colour(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: i
         di = design[inl]
         gram, rhs = di.T @ di, di.T @ xs[inl]
         for c in range(3):  # channel c's own gain and the offset are free; the rest is pulled to 0
-            lam = RIDGE * inl.sum() * np.diag([float(i != c) for i in range(3)] + [1.0] * 3 + [0.0])
-            fit[:, c] = np.linalg.solve(gram + lam, rhs[:, c])
+            # (+1e-6: a flat image makes even the free terms collinear)
+            lam = inl.sum() * np.diag([RIDGE * (i != c) + 1e-6 for i in range(3)] + [RIDGE] * 3 + [1e-6])
+            fit[:, c] = np.linalg.solve(gram + lam, rhs[:, c] + lam @ prior[:, c])
     if np.abs(fit - prior).max() < 1e-3 and np.abs(fit[6]).max() < 0.5 / 255:
         return y
     y = np.ascontiguousarray(y, dtype=np.float32)
@@ -702,7 +707,17 @@ class SsimDetector:
         w, h = max(1, round(wa * s)), max(1, round(ha * s))
         colour = p.colour_scale > 0 and a.ndim == 3 and b.ndim == 3
         ca = _resize(a if colour else _grey(a), (w, h))
-        cb = _resize(b if colour else _grey(b), (w, h))
+        sx, sy = wb / wa, hb / ha
+        if sx != sy and abs(sx / sy - 1) < SAME_SCALE_ASPECT:
+            # Nearly the same aspect ratio: B is A padded or cropped (the inpainter pads to a multiple
+            # of 8, phones crop), not stretched — same scale on both axes, top-left anchored; the
+            # registration takes up any other offset. Stretching would shift the far edge by the pad.
+            f = s / min(sx, sy)  # B-working pixels per B pixel
+            cb = _resize(b if colour else _grey(b), (max(w, round(wb * f)), max(h, round(hb * f))))[:h, :w]
+            b_scale = (f, f)
+        else:
+            cb = _resize(b if colour else _grey(b), (w, h))
+            b_scale = (w / wb, h / hb)
         ga = _grey(ca)
         gb = _grey(cb)
         ign = None
@@ -775,7 +790,7 @@ class SsimDetector:
         # 7. back to each image's pixels
         boxes_a = boxes_w * np.array([wa / w, ha / h, wa / w, ha / h])
         boxes_b = self._map_to_b(boxes_w, H if align_used not in ("none", "identity") else None, (w, h),
-                                 (wb, hb))
+                                 (wb, hb), b_scale)
         boxes_a[:, [0, 2]] = boxes_a[:, [0, 2]].clip(0, wa)
         boxes_a[:, [1, 3]] = boxes_a[:, [1, 3]].clip(0, ha)
         extras: dict[str, Any] = {
@@ -852,7 +867,9 @@ class SsimDetector:
 
     @staticmethod
     def _map_to_b(boxes_w: np.ndarray, H: np.ndarray | None, work: tuple[int, int],
-                  size_b: tuple[int, int]) -> np.ndarray:
+                  size_b: tuple[int, int], b_scale: tuple[float, float] | None = None) -> np.ndarray:
+        """Working-frame boxes → B's pixels: through H⁻¹ (B's working frame), then divided by
+        `b_scale` (B-working pixels per B pixel on x and y; default: stretched to the frame)."""
         import cv2
 
         w, h = work
@@ -870,7 +887,8 @@ class SsimDetector:
             out = np.concatenate([pts.min(axis=1), pts.max(axis=1)], axis=1)
             out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
             out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
-        out = out * np.array([wb / w, hb / h, wb / w, hb / h])
+        fx, fy = b_scale if b_scale is not None else (w / wb, h / hb)
+        out = out / np.array([fx, fy, fx, fy])
         out[:, [0, 2]] = out[:, [0, 2]].clip(0, wb)
         out[:, [1, 3]] = out[:, [1, 3]].clip(0, hb)
         return out
