@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,10 @@ for key, value in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(key, value)
+# Exported ONNX graphs of the tests' throw-away models go to a temp folder, not ~/.cache/spotdiff.
+if "SPOTDIFF_CACHE_DIR" not in os.environ:
+    os.environ["SPOTDIFF_CACHE_DIR"] = tempfile.mkdtemp(prefix="spotdiff-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SPOTDIFF_CACHE_DIR"], True)
 
 
 @pytest.fixture

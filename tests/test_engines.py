@@ -128,3 +128,37 @@ def test_bf16_engine_keeps_the_output_contract(model, images):
         assert out_a[key].dtype == out_b[key].dtype == torch.float32
         assert out_a[key].shape == ref_a[key].shape
         assert torch.isfinite(out_a[key]).all()
+
+
+def test_evaluate_engine_param_accepts_exactly_the_engines():
+    from spotdiff.methods.engines import ENGINES
+    from spotdiff.params import EvaluateParams
+
+    for name in ENGINES:
+        EvaluateParams(engine=name).validate("evaluate")
+    with pytest.raises(SpotdiffError, match="evaluate.engine"):
+        EvaluateParams(engine="tensorrt").validate("evaluate")
+
+
+def test_detector_on_the_default_engine_gives_eagers_boxes(model, monkeypatch, tmp_path):
+    """CywsDetector's default (auto → ONNX Runtime on the CPU) returns eager's boxes, in image pixels."""
+    import numpy as np
+
+    from spotdiff.methods.learned import CywsDetector
+
+    monkeypatch.setenv("SPOTDIFF_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    b = a.copy()
+    b[20:60, 40:100] = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    fast = CywsDetector(model, device="cpu")
+    eager = CywsDetector(model, device="cpu", engine="eager")
+    got, ref = fast.detect(a, b), eager.detect(a, b)
+    assert fast.engine.kind == "onnxruntime" and eager.engine.kind == "eager"
+    for side in (0, 2):
+        pairs = [(torch.from_numpy(ref[side]), torch.from_numpy(ref[side + 1]))]
+        check = detections_agree(pairs, [(torch.from_numpy(got[side]), torch.from_numpy(got[side + 1]))],
+                                 px_tol=0.5 * 160 / SIZE)  # boxes scaled from 64² to the 160×90 image
+        assert check["equal"] and check["peaks_compared"] >= 50, check
+    with pytest.raises(SpotdiffError, match="unknown engine"):
+        CywsDetector(model, device="cpu", engine="fastest")

@@ -123,7 +123,7 @@ def default_model_ref() -> str | None:
     return DEFAULT_MODEL_REF if Path(DEFAULT_MODEL_REF).is_file() else None
 
 
-def _cyws_detector(model: str | None, device: str | None):
+def _cyws_detector(model: str | None, device: str | None, engine: str = "auto"):
     """The learned detector for `--model` (path, models:/…, runs:/…) or the default reference."""
     from spotdiff.methods.learned import CywsDetector
 
@@ -132,7 +132,7 @@ def _cyws_detector(model: str | None, device: str | None):
         raise SpotdiffError(f"--method cyws needs a trained model: the MLflow registry has no champion "
                             f"and {DEFAULT_MODEL_REF} does not exist; train one "
                             "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
-    detector = CywsDetector.from_reference(ref, device=device)
+    detector = CywsDetector.from_reference(ref, device=device, engine=engine)
     detector.reference = ref
     return detector
 
@@ -140,8 +140,12 @@ def _cyws_detector(model: str | None, device: str | None):
 def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
             params: Params | SsimParams | str | Path | None = None, top_k: Any = None,
             min_score: Any = None, ignore_mask: str | Path | np.ndarray | None = None,
-            align: str | None = None, device: str | None = None, max_pixels: int | None = None) -> Request:
-    """Validate every input and load the images, the mask and the detector; raises SpotdiffError."""
+            align: str | None = None, device: str | None = None, max_pixels: int | None = None,
+            engine: str = "auto") -> Request:
+    """Validate every input and load the images, the mask and the detector; raises SpotdiffError.
+
+    `engine` (cyws): how its forward pass runs, see `spotdiff.methods.engines` (auto = ONNX Runtime
+    on the CPU, eager on a GPU)."""
     from spotdiff.imageio import MAX_PIXELS, load_image, load_mask
 
     t0 = time.perf_counter()
@@ -153,6 +157,10 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
     smin = parse_min_score(min_score)
     if model is not None and method != "cyws":
         raise SpotdiffError("--model: only used with --method cyws; drop it or add --method cyws")
+    from spotdiff.methods.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise SpotdiffError(f"--engine: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     ssim = resolve_params(params)
     if align is not None:
         ssim = dataclasses.replace(ssim, align=align)
@@ -177,11 +185,13 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
 
         detector = SsimDetector(ssim, device=device)
     else:
-        detector = _cyws_detector(model, device)
+        detector = _cyws_detector(model, device, engine)
     mask_setting = str(mask_path) if mask_path else (None if mask is None else "array")
     settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting}
     if method == "ssim":
         settings["ssim"] = dataclasses.asdict(ssim)
+    else:
+        settings["engine"] = engine
     return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,
                    detector, time.perf_counter() - t0, settings)
 
@@ -227,7 +237,7 @@ def run(req: Request, keep_maps: bool = False) -> tuple[dict[str, Any], PairDete
 def detect_pair(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
                 params: Params | SsimParams | str | Path | None = None, top_k: int | None = None,
                 min_score: float | None = None, ignore_mask: str | Path | np.ndarray | None = None,
-                align: str | None = None, device: str | None = None) -> dict[str, Any]:
+                align: str | None = None, device: str | None = None, engine: str = "auto") -> dict[str, Any]:
     """Find the changes between two image files; returns the report (the CLI's JSON, see module doc).
 
     `params`: Params, SsimParams, a params.yaml path, or None (./params.yaml if present, else the
@@ -235,6 +245,6 @@ def detect_pair(path_a: str | Path, path_b: str | Path, method: str = "ssim", mo
     path or a bool array, the size of image A; white / True regions are never reported.
     """
     req = prepare(path_a, path_b, method=method, model=model, params=params, top_k=top_k,
-                  min_score=min_score, ignore_mask=ignore_mask, align=align, device=device)
+                  min_score=min_score, ignore_mask=ignore_mask, align=align, device=device, engine=engine)
     report, _ = run(req)
     return report

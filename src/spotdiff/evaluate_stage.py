@@ -136,7 +136,7 @@ def build_detectors(params: Params, model_path: Path | str) -> dict[str, Any]:
                 raise SpotdiffError(f"{ref}: trained model not found (evaluate.methods has cyws); "
                                     "run the train stage first (`dvc repro train`), pass --model, or "
                                     "drop cyws from evaluate.methods")
-            detectors["cyws"] = CywsDetector.from_reference(ref)
+            detectors["cyws"] = CywsDetector.from_reference(ref, engine=params.evaluate.engine)
         elif method == "ssim":
             from spotdiff.methods.pixelwise import SsimDetector
 

@@ -314,8 +314,14 @@ class EvaluateParams:
     draw_top_k: int = 5
     # Worker processes reading test pairs (0 = in the main process).
     num_workers: int = 0
+    # How CYWS's forward pass runs (spotdiff.methods.engines): auto = ONNX Runtime on a CPU (same
+    # boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime | channels_last
+    # | compile | bf16.
+    engine: str = "auto"
 
     def validate(self, key: str) -> None:
+        _check(self.engine in ("auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"),
+               f"{key}.engine", "one of auto, eager, onnxruntime, channels_last, compile, bf16", self.engine)
         _check(len(self.methods) >= 1 and set(self.methods) <= {"cyws", "ssim"}, f"{key}.methods",
                "a non-empty list of cyws, ssim", list(self.methods))
         _check(len(set(self.methods)) == len(self.methods), f"{key}.methods", "without repeats",

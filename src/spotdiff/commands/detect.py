@@ -85,6 +85,10 @@ def detect(
     params_file: Optional[str] = typer.Option(
         None, "--params", metavar="FILE",
         help="params.yaml to read (default ./params.yaml, else built-in defaults)."),
+    engine: str = typer.Option(
+        "auto", "--engine", metavar="NAME",
+        help="cyws: auto (ONNX Runtime on a CPU, eager on a GPU), eager, onnxruntime, channels_last, "
+             "compile or bf16 (see BENCHMARKS.md)."),
 ) -> int:
     """Find what changed between two images and box it in both."""
     import time
@@ -101,7 +105,7 @@ def detect(
         raise SpotdiffError(f"{params_file}: params file not found; check --params")
     paths = output_paths(Path(image_a), Path(image_b), Path(out), Path(json_file) if json_file else None)
     req = prepare(image_a, image_b, method=method, model=model, params=params_file, top_k=top_k,
-                  min_score=min_score, ignore_mask=ignore_mask, align=align)
+                  min_score=min_score, ignore_mask=ignore_mask, align=align, engine=engine)
     with warnings.catch_warnings():  # registration fallbacks come back as notes, printed below
         warnings.simplefilter("ignore", RuntimeWarning)
         report, dets = run(req, keep_maps=True)

@@ -201,7 +201,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
     return Path(path)
 
 
-CACHE_KEEP = 6  # exported graphs kept per cache folder (newest first); each is the model's size
+CACHE_KEEP = 4  # exported graphs kept per cache folder (newest first); each is the model's size
 
 
 def _prune_cache(folder: Path, keep: Path) -> None:
@@ -260,9 +260,20 @@ def make_engine(model: torch.nn.Module, kind: str = "auto", *, threads: int | No
                 folder: str | Path | None = None) -> _Engine:
     """An engine running `model` (a CYWS, on its current device) as `kind` (see ENGINES)."""
     device = next(model.parameters()).device
-    kind = resolve_engine(kind, device)
-    if kind == "onnxruntime":
-        return OnnxRuntimeEngine(model, threads=threads, folder=folder)
+    chosen = resolve_engine(kind, device)
+    if chosen == "onnxruntime":
+        try:
+            return OnnxRuntimeEngine(model, threads=threads, folder=folder)
+        except Exception as exc:  # noqa: BLE001 - "auto" must still answer: eager gives the same boxes
+            if kind != "auto":
+                raise
+            import warnings
+
+            warnings.warn(f"engine auto: ONNX Runtime unavailable for this model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); running eager PyTorch",
+                          RuntimeWarning, stacklevel=2)
+            return EagerEngine(model, "eager")
+    kind = chosen
     if kind == "compile":
         return CompiledEngine(model)
     return EagerEngine(model, kind)

@@ -20,6 +20,8 @@ import torch
 
 from spotdiff.boxes import scale_boxes
 from spotdiff.errors import SpotdiffError
+from spotdiff.methods.engines import make_engine, resolve_engine
+from spotdiff.models.centernet import decode
 from spotdiff.models.cyws import CYWS, load_model
 
 
@@ -147,15 +149,26 @@ class CywsDetector:
 
     name = "cyws"
 
-    def __init__(self, model: CYWS, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: CYWS, device: str | torch.device | None = None, engine: str = "auto") -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.size = int(model.config["image_size"])
+        # How the forward pass runs (`spotdiff.methods.engines`): auto = ONNX Runtime on the CPU,
+        # eager on a GPU; built on first use (the ONNX export is cached per weights).
+        self.engine_name = engine
+        resolve_engine(engine, self.device)  # a bad name fails here, before any work
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = make_engine(self.model, self.engine_name)
+        return self._engine
 
     @classmethod
-    def from_reference(cls, ref: str | Path, device: str | None = None) -> "CywsDetector":
+    def from_reference(cls, ref: str | Path, device: str | None = None, engine: str = "auto") -> "CywsDetector":
         """The detector for a checkpoint path or an MLflow reference (see `load_reference`)."""
-        return cls(load_reference(ref), device=device)
+        return cls(load_reference(ref), device=device, engine=engine)
 
     @torch.no_grad()
     def detect_batch(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]
@@ -167,7 +180,8 @@ class CywsDetector:
             return []
         batch_a = _to_input(images_a, self.size, self.device)
         batch_b = _to_input(images_b, self.size, self.device)
-        dets_a, dets_b = self.model.predict(batch_a, batch_b)
+        out_a, out_b = self.engine(batch_a, batch_b)  # CYWS.forward's outputs, from the chosen engine
+        dets_a, dets_b = decode(out_a, self.model.max_boxes), decode(out_b, self.model.max_boxes)
         results = []
         for img_a, img_b, (ba, sa), (bb, sb) in zip(images_a, images_b, dets_a, dets_b):
             (ha, wa), (hb, wb) = img_a.shape[:2], img_b.shape[:2]
