@@ -63,6 +63,8 @@ COLOUR_BLUR = 2.0
 QUIET_REGION_FRACTION = 0.005
 # Image sizes whose aspect ratios differ by less than this are one picture padded or cropped.
 SAME_SCALE_ASPECT = 0.05
+# align=auto matches features on copies this size at most (ORB on 1024² costs ~4× more, ECC refines).
+FEATURE_SIDE = 640
 # Ridge weight (per sample) on the colour fit's cross-channel and square terms (see match_colour).
 RIDGE = 1e-2
 
@@ -315,15 +317,25 @@ def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list
     better than no warp (on flat images it drifts as readily as it converges). Notes say why identity
     was chosen; nothing is warned.
     """
+    import cv2
+
     h, w = a.shape
     if np.array_equal(a, b):
         return np.eye(3), "identity", ["images identical in the working frame; no registration needed"]
     if min(h, w) < 32:
         return np.eye(3), "identity", [f"working frame {w}×{h} too small to register; compared as is"]
     notes: list[str] = []
+    # Features on ≤ FEATURE_SIDE-px copies: pixel accuracy there is enough, ECC refines after.
+    f = min(1.0, FEATURE_SIDE / max(h, w))
+    small = (max(8, round(w * f)), max(8, round(h * f)))
+    fa = a if f == 1.0 else cv2.resize(a, small, interpolation=cv2.INTER_AREA)
+    fb = b if f == 1.0 else cv2.resize(b, small, interpolation=cv2.INTER_AREA)
+    S = np.diag([small[0] / w, small[1] / h, 1.0])
     for kind in ("orb", "sift"):
         try:
-            H, n = _features_homography(a, b, kind)
+            H, n = _features_homography(fa, fb, kind)
+            if H is not None:
+                H = np.linalg.inv(S) @ H @ S
         except Exception as exc:  # cv2 without SIFT, odd images
             H, n = None, 0
             notes.append(f"{kind} failed ({type(exc).__name__})")
