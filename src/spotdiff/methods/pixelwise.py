@@ -161,15 +161,16 @@ def ssim_map_cv2(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_range: f
 # ---------------------------------------------------------------- registration
 
 
-def _features_homography(a: np.ndarray, b: np.ndarray, kind: str) -> tuple[np.ndarray | None, int]:
+def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int = 4000
+                         ) -> tuple[np.ndarray | None, int]:
     """Homography mapping B's pixels onto A's (grey uint8 images) from feature matches, and #inliers."""
     import cv2
 
     if kind == "orb":
-        det = cv2.ORB_create(nfeatures=4000, fastThreshold=10)
+        det = cv2.ORB_create(nfeatures=nfeatures, fastThreshold=10)
         norm = cv2.NORM_HAMMING
     else:
-        det = cv2.SIFT_create(nfeatures=4000)
+        det = cv2.SIFT_create(nfeatures=nfeatures)
         norm = cv2.NORM_L2
     ka, da = det.detectAndCompute(a, None)
     kb, db = det.detectAndCompute(b, None)
@@ -333,7 +334,8 @@ def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list
     S = np.diag([small[0] / w, small[1] / h, 1.0])
     for kind in ("orb", "sift"):
         try:
-            H, n = _features_homography(fa, fb, kind)
+            # brute-force matching is quadratic in the features: 2500 keep rotations accurate
+            H, n = _features_homography(fa, fb, kind, nfeatures=2500)
             if H is not None:
                 H = np.linalg.inv(S) @ H @ S
         except Exception as exc:  # cv2 without SIFT, odd images
