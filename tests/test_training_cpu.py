@@ -134,3 +134,20 @@ def test_step_budget_schedule_and_val_ap_in_mlflow(tiny_pairs, tmp_path, monkeyp
     assert len(lrs) == 4 and lrs[0] == pytest.approx(0.001 * 0.01) and lrs[1] == pytest.approx(0.001)
     assert lrs[3] < lrs[2] < lrs[1]
     assert math.isfinite(summary["best_val_loss"])
+
+
+def test_same_params_same_model_bytes(tiny_pairs, tmp_path):
+    """Bit-for-bit: the same params (curriculum, schedule, one loader worker) give the same cyws.pt."""
+    cfg = yaml.safe_load((tiny_pairs / "params.yaml").read_text())
+    cfg["train"].update({"max_steps": 3, "val_every_n_steps": 3, "lr_schedule": "cosine", "warmup_steps": 1,
+                         "num_threads": 1, "affine_start_step": 1, "affine_ramp_steps": 1, "num_workers": 1})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg))
+    before = torch.get_num_threads()
+    try:
+        for run in ("one", "two"):
+            assert main(["train", "--params", str(params), "--pairs", str(tiny_pairs / "data/pairs/manifest.json"),
+                         "--out", str(tmp_path / run), "--no-tracking"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "one" / "cyws.pt").read_bytes() == (tmp_path / "two" / "cyws.pt").read_bytes()
