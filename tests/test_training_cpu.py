@@ -3,6 +3,7 @@ curriculum, the step budget and the validation AP in the MLflow history. Tiny an
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -43,9 +44,9 @@ def test_warmup_cosine_shape():
     f = WarmupCosine("cosine", warmup_steps=10, total_steps=110, start_factor=0.01, min_factor=0.05)
     assert f(0) == pytest.approx(0.01)
     values = [f(s) for s in range(111)]
-    assert all(b > a for a, b in zip(values[:10], values[1:11]))  # rising warm-up
+    assert all(b > a for a, b in itertools.pairwise(values[:11]))  # rising warm-up
     assert f(10) == pytest.approx(1.0)
-    assert all(b <= a + 1e-12 for a, b in zip(values[10:], values[11:]))  # then never rising
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(values[10:]))  # then never rising
     assert f(60) == pytest.approx(0.05 + 0.95 * 0.5)  # half-way down the cosine
     assert f(110) == pytest.approx(0.05) and f(500) == pytest.approx(0.05)
     constant = WarmupCosine("constant", warmup_steps=4, total_steps=100)
