@@ -390,3 +390,28 @@ def test_bf16_autocast_forward_backward_on_cuda():
     assert grads and all(torch.isfinite(g).all() for g in grads)
     dets_a, _ = model.predict(a, b)
     assert len(dets_a[0][0]) <= 100
+
+
+def test_matching_init_starts_coattention_on_corresponding_positions():
+    """attention_init="matching": at random init, on an identical pair, the deepest CoAM puts most
+    of each row's weight on the same position; the reference's independent init does not."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128)
+    diag = {}
+    for init in ("independent", "matching"):
+        torch.manual_seed(1)
+        model = CYWS(backbone="resnet18", image_size=128, attention_init=init).train()
+        feats = model.encoder(torch.cat([x, x], 0))
+        level, coam = model.attention_levels[0], model.attention[0]
+        a = coam.attention(feats[level][:2], feats[level][2:])  # B×N×N
+        diag[init] = a.diagonal(dim1=1, dim2=2).mean().item()
+        if init == "matching":
+            assert torch.equal(coam.key_conv.weight, coam.query_conv.weight)
+    n = a.shape[-1]
+    assert diag["matching"] > 0.5 > 4 / n
+    assert diag["independent"] < 2 / n
+
+
+def test_attention_init_is_a_known_choice():
+    with pytest.raises(SpotdiffError, match="attention_init"):
+        CYWS(backbone="resnet18", image_size=64, attention_init="tied")

@@ -155,6 +155,9 @@ class ModelParams:
     # Co-attention logit scale: "none" (the reference, needed for its published weights) or "sqrt_d"
     # (1/sqrt(key width): rows do not saturate from random init).
     attention_scale: Literal["none", "sqrt_d"] = "none"
+    # How the CoAM key conv starts: "independent" (the reference) or "matching" (a copy of the query
+    # conv, so attention starts on corresponding positions; see models/coattention.py).
+    attention_init: Literal["independent", "matching"] = "independent"
 
     def validate(self, key: str) -> None:
         _check(1 <= self.attention_layers <= 3, f"{key}.attention_layers", "in [1, 3]",

@@ -29,7 +29,8 @@ from torch import nn
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.models.centernet import CenterNetHead, centernet_loss, decode
-from spotdiff.models.coattention import ATTENTION_SCALES, CoAttention, NoAttention, key_widths
+from spotdiff.models.coattention import (ATTENTION_INITS, ATTENTION_SCALES, CoAttention, NoAttention,
+                                         key_widths)
 from spotdiff.models.decoder import UnetDecoder
 from spotdiff.models.encoder import STAGE_CHANNELS, ResNetEncoder
 
@@ -38,7 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODER_CHANNELS = (256, 256, 128, 128, 64)
 CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
-               "max_boxes", "attention_scale")
+               "max_boxes", "attention_scale", "attention_init")
 
 
 class CYWS(nn.Module):
@@ -54,6 +55,7 @@ class CYWS(nn.Module):
         max_boxes: int = 100,
         image_size: int = 256,
         attention_scale: str = "none",
+        attention_init: str = "independent",
     ) -> None:
         super().__init__()
         if backbone not in STAGE_CHANNELS:
@@ -69,10 +71,13 @@ class CYWS(nn.Module):
         if attention_scale not in ATTENTION_SCALES:
             raise SpotdiffError(f"model.attention_scale: {attention_scale!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_SCALES)}")
+        if attention_init not in ATTENTION_INITS:
+            raise SpotdiffError(f"model.attention_init: {attention_init!r} is not supported; "
+                                f"use one of {', '.join(ATTENTION_INITS)}")
         self.config: dict[str, Any] = {
             "backbone": backbone, "attention": attention, "attention_layers": attention_layers,
             "scse": bool(scse), "image_size": image_size, "pretrained_weights": str(pretrained_weights or ""),
-            "max_boxes": max_boxes, "attention_scale": attention_scale,
+            "max_boxes": max_boxes, "attention_scale": attention_scale, "attention_init": attention_init,
         }
         self.max_boxes = max_boxes
         self.encoder = ResNetEncoder(backbone, pretrained_weights)
@@ -81,7 +86,8 @@ class CYWS(nn.Module):
         self.attention_levels = [4, 3, 2][:attention_layers]
         widths = key_widths(backbone)
         self.attention = nn.ModuleList(
-            CoAttention(channels[lvl], widths[j], attention_scale) if attention == "coam" else NoAttention()
+            CoAttention(channels[lvl], widths[j], attention_scale, attention_init) if attention == "coam"
+            else NoAttention()
             for j, lvl in enumerate(self.attention_levels)
         )
         decoder_in = [c * 2 if i in self.attention_levels else c for i, c in enumerate(channels)]
@@ -98,7 +104,7 @@ class CYWS(nn.Module):
                else lambda k, d=None: getattr(model_params, k, d))
         defaults = {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
                     "pretrained_weights": "", "max_boxes": 100, "image_size": 256,
-                    "attention_scale": "none"}
+                    "attention_scale": "none", "attention_init": "independent"}
         return cls(**{k: get(k, d) for k, d in defaults.items()})
 
     # ----------------------------------------------------------------------------- forward
