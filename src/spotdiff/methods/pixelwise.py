@@ -141,21 +141,26 @@ def ssim_map_cv2(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_range: f
     def blur(img: np.ndarray) -> np.ndarray:
         return cv2.sepFilter2D(img, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT)
 
-    mx, my = blur(x), blur(y)
-    exx, eyy, exy = blur(x * x), blur(y * y), blur(x * y)
-    # `_ssim_from_moments`, in place: these maps are memory-bound, temporaries cost as much as maths
-    c1 = np.float32((0.01 * data_range) ** 2)
-    c2 = np.float32((0.03 * data_range) ** 2)
-    num = mx * my                       # μxμy
-    exy -= num; exy *= 2; exy += c2     # 2σxy + C2
-    num *= 2; num += c1                 # 2μxμy + C1
-    num *= exy                          # numerator
-    mx *= mx; my *= my                  # μx², μy²
-    exx -= mx; exx += eyy; exx -= my; exx += c2   # σx² + σy² + C2
-    mx += my; mx += c1                  # μx² + μy² + C1
-    mx *= exx                           # denominator
-    num /= mx
-    return num
+    # `_ssim_from_moments` in OpenCV's element-wise ops, in place, fused where one op does two
+    # steps: these maps are memory-bound, every pass and every temporary costs as much as the maths.
+    # E[x²] + E[y²] is one filter of x² + y² (the filter is linear; only the sum is used).
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    sq = cv2.multiply(x, x)
+    cv2.accumulateSquare(y, sq)                         # x² + y²
+    mx, my, exy = blur(x), blur(y), blur(cv2.multiply(x, y))
+    esq = blur(sq)
+    mxy2 = cv2.multiply(mx, my, scale=2.0)              # 2μxμy
+    cv2.addWeighted(exy, 2.0, mxy2, -1.0, c2, dst=exy)  # 2σxy + C2
+    cv2.add(mxy2, c1, dst=mxy2)                         # 2μxμy + C1
+    cv2.multiply(mxy2, exy, dst=mxy2)                   # numerator
+    cv2.multiply(mx, mx, dst=mx)
+    cv2.accumulateSquare(my, mx)                        # μx² + μy²
+    cv2.addWeighted(esq, 1.0, mx, -1.0, c2, dst=esq)    # σx² + σy² + C2
+    cv2.add(mx, c1, dst=mx)                             # μx² + μy² + C1
+    cv2.multiply(mx, esq, dst=mx)                       # denominator
+    cv2.divide(mxy2, mx, dst=mxy2)
+    return mxy2
 
 
 # ---------------------------------------------------------------- registration
@@ -434,7 +439,8 @@ def match_brightness(x: np.ndarray, y: np.ndarray, region: np.ndarray, iteration
     return y * np.float32(g) + np.float32(o)
 
 
-def match_colour(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: int = 4) -> np.ndarray:
+def match_colour(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: int = 4,
+                 raw_x: np.ndarray | None = None, raw_y: np.ndarray | None = None) -> np.ndarray:
     """Map colour image `y` onto `x` (both H×W×3 float32 in [0, 1]) by a robust colour fit over
     `region`: x ≈ M·y + Q·y² + o (M, Q 3×3 on y and its squares, o offset) — exposure, white balance, contrast
     and saturation are affine colour maps; the squares take up a gamma change.
@@ -442,41 +448,68 @@ def match_colour(x: np.ndarray, y: np.ndarray, region: np.ndarray, iterations: i
     Least squares on the inliers (residual within 3 robust σ, at least 2 grey levels), starting from
     a per-channel offset, so the changes and saturated pixels do not bend the fit. Each channel's own
     gain and offset are free; the cross-channel and square terms are pulled towards 0 (ridge): a scene
-    of few colours leaves them ill-determined. Returns `y` itself when
-    the fit is the identity.
+    of few colours leaves them ill-determined. Given the uint8 images `x` and `y` were made from
+    (`raw_x`, `raw_y`: x = raw_x · float32(1/255)), the samples are gathered from those (the same
+    values, a quarter of the bytes). Returns `y` itself when the fit is the identity.
     """
     import cv2
 
     step = max(1, int(np.ceil(np.sqrt(x.shape[0] * x.shape[1] / 60_000))))  # fit on ≤ ~60k samples
-    xs = x[::step, ::step].reshape(-1, 3).astype(np.float64)
-    ys = y[::step, ::step].reshape(-1, 3).astype(np.float64)
-    keep = np.all((xs > 1.5 / 255) & (xs < 253.5 / 255) & (ys > 1.5 / 255) & (ys < 253.5 / 255), axis=1)
-    if not region.all():
-        keep &= region[::step, ::step].ravel()
-    xs, ys = xs[keep], ys[keep]
-    if len(xs) < 64:
+    # samples as rows of a 10 × n matrix: y (3), y² (3), 1, x (3) — row-major, so the per-iteration
+    # products and selections run over contiguous rows
+    if raw_x is not None and raw_y is not None:
+        xs8 = np.ascontiguousarray(raw_x[::step, ::step])
+        ys8 = np.ascontiguousarray(raw_y[::step, ::step])
+        # v · float32(1/255) in (1.5/255, 253.5/255) ⇔ 2 ≤ v ≤ 253, on all three channels
+        keep = cv2.bitwise_and(cv2.inRange(xs8, (2, 2, 2), (253, 253, 253)),
+                               cv2.inRange(ys8, (2, 2, 2), (253, 253, 253))).view(bool)
+        if not region.all():
+            keep &= region[::step, ::step]
+        lut = (np.arange(256, dtype=np.float32) * np.float32(1 / 255.0)).astype(np.float64)
+        n = int(np.count_nonzero(keep))
+        both = np.empty((10, n))
+        both[:3] = lut[ys8[keep].T]
+        both[7:] = lut[xs8[keep].T]
+    else:
+        xs = x[::step, ::step].reshape(-1, 3)
+        ys = y[::step, ::step].reshape(-1, 3)
+        keep = np.all((xs > 1.5 / 255) & (xs < 253.5 / 255) & (ys > 1.5 / 255) & (ys < 253.5 / 255), axis=1)
+        if not region.all():
+            keep &= region[::step, ::step].ravel()
+        n = int(np.count_nonzero(keep))
+        both = np.empty((10, n))
+        both[:3] = ys[keep].T
+        both[7:] = xs[keep].T
+    if n < 64:
         return y
-    design = np.concatenate([ys, ys * ys, np.ones((len(ys), 1))], axis=1)  # n × 7
+    ys, xs = both[:3], both[7:]
+    np.multiply(ys, ys, out=both[3:6])
+    both[6] = 1.0
+    design = both[:7]  # 7 × n
     prior = np.vstack([np.eye(3), np.zeros((4, 3))])
     fit = prior.copy()
-    fit[6] = np.median(xs - ys, axis=0)
+    fit[6] = np.median(xs - ys, axis=1)
+    g_all = both @ both.T  # the normal equations' gram matrix and right-hand sides, all samples
     for _ in range(iterations):
-        r = np.linalg.norm(xs - design @ fit, axis=1)
-        inl = r <= max(3 * 1.4826 * float(np.median(r)), 2 / 255)
-        if inl.sum() < 64:
+        res = xs - fit.T @ design
+        r = np.sqrt(np.einsum("ij,ij->j", res, res))
+        out = r > max(3 * 1.4826 * float(np.median(r)), 2 / 255)
+        n_inl = n - int(np.count_nonzero(out))
+        if n_inl < 64:
             break
-        di = design[inl]
-        gram, rhs = di.T @ di, di.T @ xs[inl]
+        do = both[:, out]  # the outliers are few: take their products off the total
+        g = g_all - do @ do.T
+        gram, rhs = g[:7, :7], g[:7, 7:]
         for c in range(3):  # channel c's own gain and the offset are free; the rest is pulled to 0
             # (+1e-6: a flat image makes even the free terms collinear)
-            lam = inl.sum() * np.diag([RIDGE * (i != c) + 1e-6 for i in range(3)] + [RIDGE] * 3 + [1e-6])
+            lam = n_inl * np.diag([RIDGE * (i != c) + 1e-6 for i in range(3)] + [RIDGE] * 3 + [1e-6])
             fit[:, c] = np.linalg.solve(gram + lam, rhs[:, c] + lam @ prior[:, c])
     if np.abs(fit - prior).max() < 1e-3 and np.abs(fit[6]).max() < 0.5 / 255:
         return y
     y = np.ascontiguousarray(y, dtype=np.float32)
     out = cv2.transform(y, np.concatenate([fit[:3].T, fit[6][:, None]], axis=1).astype(np.float32))
     if np.abs(fit[3:6]).max() > 1e-3:  # no gamma to undo: skip a pass over the image
-        out += cv2.transform(cv2.multiply(y, y), fit[3:6].T.astype(np.float32))
+        cv2.add(out, cv2.transform(cv2.multiply(y, y), fit[3:6].T.astype(np.float32)), dst=out)
     return out
 
 
@@ -581,10 +614,10 @@ def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area:
     weak = np.greater(diff, low).view(np.uint8)
     if region is not None:
         weak &= region.view(np.uint8)
-    if not weak.any():
+    fg = np.flatnonzero(weak.ravel())
+    if fg.size == 0:
         return np.zeros((0, 4)), np.zeros(0), []
     n, labels = cv2.connectedComponents(weak, connectivity=8, ltype=cv2.CV_32S)
-    fg = np.flatnonzero(weak.ravel())
     lab = labels.ravel()[fg]
     strong = np.zeros(n, bool)
     strong[lab[diff.ravel()[fg] > high]] = True
@@ -617,14 +650,19 @@ def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area:
     fragments = np.bincount(obj_of_fragment[np.flatnonzero(strong)], minlength=m)
     area = np.bincount(obj, minlength=m).astype(np.float64)
     sums = np.bincount(obj, weights=np.minimum(diff.ravel()[fg], 1.0), minlength=m)
-    from scipy.ndimage import find_objects
-
-    object_map = np.zeros(h * w, np.int32)
-    object_map[fg] = obj + 1
-    boxes = np.array([[sx.start, sy.start, sx.stop, sy.stop]
-                      for sy, sx in find_objects(object_map.reshape(h, w), max_label=m)], np.float64)
     big = np.flatnonzero(area >= max(min_area, 1))
-    boxes, area, sums, fragments = boxes[big], area[big], sums[big], fragments[big]
+    # boxes from the kept pixels' coordinates (the kept pixels are few; no pass over the frame)
+    ys, xs = np.divmod(fg, w)
+    boxes = np.empty((m, 4), np.int64)
+    boxes[:, :2] = np.iinfo(np.int64).max
+    boxes[:, 2:] = -1
+    np.minimum.at(boxes[:, 0], obj, xs)
+    np.minimum.at(boxes[:, 1], obj, ys)
+    np.maximum.at(boxes[:, 2], obj, xs)
+    np.maximum.at(boxes[:, 3], obj, ys)
+    boxes[:, 2:] += 1
+    boxes = boxes[big].astype(np.float64)
+    area, sums, fragments = area[big], sums[big], fragments[big]
     members = [[k] for k in range(len(big))]
     boxes, members = _merge_overlapping(boxes, members)
     scores = np.array([sums[mb].sum() / area[mb].sum() for mb in members]) if members else np.zeros(0)
@@ -656,8 +694,14 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     mean_rgb = np.full((1, 3), 1 / 3, np.float32)
     d = np.subtract(x, y)
     if raw_x is not None and raw_y is not None:
-        explained = (((raw_y == 255) | (raw_x == 0)) & (d > 0)) | (((raw_y == 0) | (raw_x == 255)) & (d < 0))
-        d[explained] = 0.0
+        # B at 255 or A at 0 explains d > 0, B at 0 or A at 255 explains d < 0 (both: any d); the
+        # masks are built on the uint8 images and applied in place (a boolean index would copy)
+        hi = np.equal(raw_y, 255)
+        hi |= np.equal(raw_x, 0)
+        np.minimum(d, np.float32(0), out=d, where=hi)
+        lo = np.equal(raw_y, 0, out=hi)
+        lo |= np.equal(raw_x, 255)
+        np.maximum(d, np.float32(0), out=d, where=lo)
     f = 2 if min(h, w) >= 64 else 1
     size = ((w + f - 1) // f, (h + f - 1) // f)
     k = gaussian_kernel1d(sigma / f).numpy().astype(np.float32)
@@ -851,10 +895,12 @@ class SsimDetector:
 
         p = self.params
         if ca is not None:
-            x3 = ca.astype(np.float32) * np.float32(1 / 255.0)
-            y3 = cb.astype(np.float32) * np.float32(1 / 255.0)
+            x3 = ca.astype(np.float32)
+            x3 *= np.float32(1 / 255.0)
+            y3 = cb.astype(np.float32)
+            y3 *= np.float32(1 / 255.0)
             if p.normalize:
-                y3 = match_colour(x3, y3, region)
+                y3 = match_colour(x3, y3, region, raw_x=ca, raw_y=cb)
             if same is not None:
                 y3 = np.where(same[..., None], x3, y3)
             y3 = np.ascontiguousarray(y3, dtype=np.float32)
