@@ -694,14 +694,8 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     mean_rgb = np.full((1, 3), 1 / 3, np.float32)
     d = np.subtract(x, y)
     if raw_x is not None and raw_y is not None:
-        # B at 255 or A at 0 explains d > 0, B at 0 or A at 255 explains d < 0 (both: any d); the
-        # masks are built on the uint8 images and applied in place (a boolean index would copy)
-        hi = np.equal(raw_y, 255)
-        hi |= np.equal(raw_x, 0)
-        np.minimum(d, np.float32(0), out=d, where=hi)
-        lo = np.equal(raw_y, 0, out=hi)
-        lo |= np.equal(raw_x, 255)
-        np.maximum(d, np.float32(0), out=d, where=lo)
+        explained = (((raw_y == 255) | (raw_x == 0)) & (d > 0)) | (((raw_y == 0) | (raw_x == 255)) & (d < 0))
+        d[explained] = 0.0
     f = 2 if min(h, w) >= 64 else 1
     size = ((w + f - 1) // f, (h + f - 1) // f)
     k = gaussian_kernel1d(sigma / f).numpy().astype(np.float32)
