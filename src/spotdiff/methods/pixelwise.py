@@ -67,6 +67,8 @@ SAME_SCALE_ASPECT = 0.05
 FEATURE_SIDE = 640
 # Ridge weight (per sample) on the colour fit's cross-channel and square terms (see match_colour).
 RIDGE = 1e-2
+# uint8 value v → v · float32(1/255) (float32), for cv2.LUT
+UNIT_LUT = np.arange(256, dtype=np.float32) * np.float32(1 / 255.0)
 
 
 # ---------------------------------------------------------------- SSIM in torch
@@ -889,10 +891,9 @@ class SsimDetector:
 
         p = self.params
         if ca is not None:
-            x3 = ca.astype(np.float32)
-            x3 *= np.float32(1 / 255.0)
-            y3 = cb.astype(np.float32)
-            y3 *= np.float32(1 / 255.0)
+            # uint8 → [0, 1] float32 by table look-up: the same values as v · float32(1/255), one pass
+            x3 = cv2.LUT(ca, UNIT_LUT)
+            y3 = cv2.LUT(cb, UNIT_LUT)
             if p.normalize:
                 y3 = match_colour(x3, y3, region, raw_x=ca, raw_y=cb)
             if same is not None:
@@ -901,8 +902,8 @@ class SsimDetector:
             x = _grey(x3)
             y = _grey(y3)
         else:
-            x = ga.astype(np.float32) * np.float32(1 / 255.0)
-            y = gb.astype(np.float32) * np.float32(1 / 255.0)
+            x = cv2.LUT(ga, UNIT_LUT)
+            y = cv2.LUT(gb, UNIT_LUT)
             if p.normalize:
                 y = match_brightness(x, y, region)
             if same is not None:
