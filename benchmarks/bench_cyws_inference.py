@@ -121,6 +121,7 @@ def main() -> int:
     parser.add_argument("--compile-batches", type=int, nargs="+", default=[1],
                         help="batch sizes compile is timed at (each new shape recompiles: minutes on 2 cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default torch's)")
+    parser.add_argument("--results", default=str(RESULTS), help="JSON file to write")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +151,7 @@ def main() -> int:
     if best:
         print(f"fastest exact CPU engine at batch {best['batch']}: {best['engine']} "
               f"{best['speedup_vs_eager']:.2f}× eager (goal ≥ {GOAL}×)")
-    write_json_atomic(RESULTS, {
+    write_json_atomic(Path(args.results), {
         "benchmark": "cyws_inference_engines_vs_eager",
         "model": {"backbone": args.backbone, "image_size": args.size, "weights": "random, head rescaled"},
         "rows": rows, "goal_speedup_batch1_cpu": GOAL,
@@ -159,7 +160,7 @@ def main() -> int:
         "command": "python benchmarks/bench_cyws_inference.py " + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
             if v is not None)})
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.results}")
     return 0
 
 
