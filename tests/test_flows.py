@@ -208,6 +208,10 @@ TINY_OVERRIDES = {
     "data.num_images": 8, "data.image_width": 128, "data.image_height": 96, "data.max_objects": 3,
     "inpaint.max_versions": 2, "pairs.pairs_per_image": 1, "pairs.val_fraction": 0.25,
     "pairs.preview_count": 2, "model.image_size": 64, "train.max_epochs": 1, "train.batch_size": 4,
+    # epochs decide here, not the embedded profile's step budget and its step-based curriculum
+    "train.max_steps": -1, "train.val_every_n_steps": 0, "train.warmup_steps": 0,
+    "train.affine_start_step": 0, "train.affine_ramp_steps": 0,
+    "register.ap_floor": 0.0,  # a 1-epoch model on 8 images is far below the embedded run's floor
     "train.preview_pairs": 2, "testsets.pairs_per_set": 2, "testsets.image_size": 128,
     "evaluate.samples_to_draw": 1,
 }

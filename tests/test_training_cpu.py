@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,11 +146,12 @@ def test_same_params_same_model_bytes(tiny_pairs, tmp_path):
                          "num_threads": 1, "affine_start_step": 1, "affine_ramp_steps": 1, "num_workers": 1})
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg))
-    before = torch.get_num_threads()
-    try:
-        for run in ("one", "two"):
-            assert main(["train", "--params", str(params), "--pairs", str(tiny_pairs / "data/pairs/manifest.json"),
-                         "--out", str(tmp_path / run), "--no-tracking"]) == 0
-    finally:
-        torch.set_num_threads(before)
+    # Each run in a fresh process, as DVC runs the stage: a loader worker forked from the test process
+    # (with the threads earlier tests left running) is not what the pipeline does.
+    for run in ("one", "two"):
+        argv = ["train", "--params", str(params), "--pairs", str(tiny_pairs / "data/pairs/manifest.json"),
+                "--out", str(tmp_path / run), "--no-tracking"]
+        done = subprocess.run([sys.executable, "-c", f"from spotdiff.cli import main; raise SystemExit(main({argv!r}))"],
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "one" / "cyws.pt").read_bytes() == (tmp_path / "two" / "cyws.pt").read_bytes()
