@@ -66,8 +66,8 @@ def registry_uri(tracking: str) -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or tracking
 
 
-def _local_store_path(uri: str) -> Optional[Path]:
-    """The file or folder behind a SQLite / file-store URI (None for servers and databases)."""
+def local_store_path(uri: str) -> Optional[Path]:
+    """The file or folder behind a SQLite / file URI or a plain path (None for servers and databases)."""
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):])
     parts = urlsplit(uri)
@@ -97,7 +97,7 @@ def existing_store(root: str | Path | None = None) -> tuple[str, Optional[str]]:
         except SpotdiffError:
             params = None  # a broken params file is reported by whatever reads it for real
     uri = tracking_uri(params, root, create=False)
-    local = _local_store_path(uri)
+    local = local_store_path(uri)
     return uri, (str(local) if local is not None and not local.exists() else None)
 
 
@@ -116,6 +116,20 @@ def artifact_location(params: Any = None, root: str | Path | None = None) -> str
     path = base / "mlruns" / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve().as_uri()
+
+
+def portable_uri(uri: str, root: str | Path | None = None) -> str:
+    """The tracking URI as written into committed outputs: redacted, and a SQLite store inside the
+    repository given relative to it (`sqlite:///mlruns/mlflow.db`, the form `tracking_uri` anchors at
+    the repo root), so outputs do not depend on where the repository was cloned."""
+    uri = redact_uri(uri)
+    if uri.startswith("sqlite:///"):
+        base = (Path(root) if root else find_repo_root()).resolve()
+        try:
+            return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve().relative_to(base).as_posix()}"
+        except ValueError:  # a store outside the repository: its own absolute path
+            return uri
+    return uri
 
 
 def redact_uri(uri: str) -> str:

@@ -92,18 +92,6 @@ def _parse_models_uri(ref: str) -> tuple[str, str | None, str | None]:
     raise SpotdiffError(f"--model {ref}: not a registry reference this tool reads; give {REFERENCE_FORMS}")
 
 
-def _local_path(location: str) -> Path | None:
-    from urllib.parse import urlsplit
-    from urllib.request import url2pathname
-
-    parts = urlsplit(location)
-    if parts.scheme == "file":
-        return Path(url2pathname(parts.path))
-    if parts.scheme == "" and location:
-        return Path(location)
-    return None
-
-
 def _run_location(client, ref: str) -> str:
     """runs:/RUN_ID/PATH → a concrete URI: the run's logged model named PATH's first part (MLflow 3
     keeps logged models outside the run's artifacts), else PATH among the run's artifacts."""
@@ -129,6 +117,8 @@ def _fetch(ref: str, uri: str, registry_uri: str, tmp: Path) -> Path:
     import mlflow
     from mlflow import MlflowClient
 
+    from spotdiff.tracking import local_store_path
+
     client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     if ref.startswith("runs:/"):
         location = _run_location(client, ref)
@@ -138,7 +128,7 @@ def _fetch(ref: str, uri: str, registry_uri: str, tmp: Path) -> Path:
         name, alias, version = _parse_models_uri(ref)
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         location = client.get_model_version_download_uri(name, mv.version)
-    local = _local_path(location)
+    local = local_store_path(location)
     if local is not None:
         return local  # a local artifact store: read in place
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp)))
