@@ -159,7 +159,7 @@ def main() -> int:
         "gpu_note": gpu_note, "machine": info,
         "command": "python benchmarks/bench_cyws_inference.py " + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if v is not None)})
+            if v is not None and k != "results")})
     print(f"wrote {args.results}")
     return 0
 

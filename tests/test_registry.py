@@ -374,3 +374,19 @@ def test_import_published_checkpoint_as_champion(workspace, capsys):
         assert client.get_model_version(MODEL_NAME, "2").tags["source_md5"] == tags["source_md5"]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_portable_uri_writes_a_repo_store_relative_to_the_repo(tmp_path):
+    """Committed outputs (train.json, registration.json) must not hold this machine's paths."""
+    from spotdiff.tracking import portable_uri, tracking_uri
+
+    inside = f"sqlite:///{(tmp_path / 'mlruns' / 'mlflow.db').resolve()}"
+    assert portable_uri(inside, tmp_path) == "sqlite:///mlruns/mlflow.db"
+    # the relative form is the one tracking_uri anchors back at the repo root
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///mlruns/mlflow.db\n")
+    from spotdiff.params import load_params
+
+    assert tracking_uri(load_params(tmp_path / "params.yaml"), root=tmp_path) == inside
+    outside = f"sqlite:///{(tmp_path.parent / 'elsewhere.db').resolve()}"
+    assert portable_uri(outside, tmp_path) == outside
+    assert portable_uri("http://user:secret@host:5000", tmp_path) == "http://host:5000"

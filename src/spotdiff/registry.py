@@ -295,7 +295,7 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
                         root: str | Path | None = None) -> dict:
     """Log, register, tag, alias and (maybe) promote; write and return the registration record."""
     from spotdiff.fsutil import write_json_atomic
-    from spotdiff.tracking import find_repo_root, redact_uri, setup_mlflow
+    from spotdiff.tracking import find_repo_root, portable_uri, redact_uri, setup_mlflow
 
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -376,7 +376,7 @@ def register_checkpoint(params: Any, model_path: str | Path, train_info_path: st
         "model_uri": f"models:/{reg.model_name}/{version}",
         "logged_model_uri": info.model_uri,
         "mlflow_run_id": run_id,
-        "tracking_uri": redact_uri(uri),
+        "tracking_uri": portable_uri(uri, root),
         "aliases": aliases,
         "decision": "promoted" if promote else "kept",
         "reason": reason,

@@ -293,7 +293,7 @@ def train(params: Params, manifest: Path, out_dir: Path, tracking: bool = True) 
         draw_val_predictions(out_dir / "cyws.pt", datamodule.val_set, params.train.preview_pairs, preview)
         if tracking:
             summary["mlflow_run_id"] = logger.run_id
-            summary["tracking_uri"] = mlflow_setup.redact_uri(mlflow_setup.tracking_uri(params))
+            summary["tracking_uri"] = mlflow_setup.portable_uri(mlflow_setup.tracking_uri(params))
             _log_outcome(logger, out_dir, summary, preview)
         write_json_atomic(out_dir / "train.json", summary)
     return summary
