@@ -199,3 +199,56 @@ def test_torch_backend_on_gpu_matches_cpu(astronaut, pasted):
     cpu = SsimDetector(device="cpu", backend="opencv").run(astronaut, pasted)
     assert gpu.extras["device"].startswith("cuda")
     np.testing.assert_allclose(gpu.boxes_a, cpu.boxes_a)
+
+
+def test_pyramid_ssim_is_the_full_map_every_2nd_pixel(astronaut, pasted):
+    """`ssim_map_pyramid` (pyrDown + a short half-resolution filter) ≈ `ssim_map_cv2` sampled at
+    rows and columns 0, 2, 4, ...; its window is non-negative and sums to 1."""
+    from spotdiff.methods.pixelwise import pyramid_kernel, ssim_map_pyramid
+
+    for sigma in (1.0, 1.5, 2.0, 3.0):
+        k = pyramid_kernel(sigma)
+        assert (k >= 0).all() and abs(float(k.sum()) - 1) < 1e-6
+    x = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    y = cv2.cvtColor(pasted, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    full = ssim_map_cv2(x, y)[::2, ::2]
+    half = ssim_map_pyramid(x, y)
+    assert half.shape == full.shape == (256, 256)
+    err = np.abs(half - full)
+    assert err.mean() < 0.005 and np.percentile(err, 99) < 0.05
+    assert np.mean((half < 0.7) != (full < 0.7)) < 0.005  # the same pixels are "different"
+
+
+def test_map_on_every_2nd_pixel_gives_the_same_boxes(astronaut, pasted):
+    """Frames longer than map_side get the map on every 2nd pixel: the same change, the same box
+    within the 2-px grid, in both images; map_side 0 keeps every pixel."""
+    a = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    b = cv2.resize(pasted, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    b = np.clip(b.astype(np.float32) * 1.08, 0, 255).astype(np.uint8)  # and 8 % brighter
+    every = SsimDetector(dataclasses.replace(SsimParams(), map_side=0)).run(a, b, keep_maps=True)
+    second = SsimDetector().run(a, b, keep_maps=True)
+    assert every.extras["map_stride"] == 1 and second.extras["map_stride"] == 2
+    assert second.extras["diff"].shape == every.extras["diff"].shape == (1024, 1024)
+    assert len(every.boxes_a) == len(second.boxes_a) == 1
+    np.testing.assert_allclose(second.boxes_a, every.boxes_a, atol=4)
+    np.testing.assert_allclose(second.boxes_b, every.boxes_b, atol=4)
+    assert _iou(second.boxes_a[0], np.array(PASTE) * 2) >= 0.8
+    assert abs(second.scores_a[0] - every.scores_a[0]) < 0.05
+    # identical images: nothing, on either grid
+    assert len(SsimDetector().detect(a, a.copy())[0]) == 0
+
+
+def test_map_on_every_2nd_pixel_with_registration_and_ignore_mask(astronaut, pasted):
+    """The 2-px grid keeps the overlap and ignore-mask rules: a shifted pair boxes only the change,
+    and an ignored change is not boxed."""
+    a = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    b = cv2.resize(pasted, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    res = SsimDetector().run(a[:-8, :-8], b[8:, 8:])
+    assert res.extras["map_stride"] == 2 and res.extras["align"] != "identity"
+    assert len(res.boxes_a) == 1
+    x1, y1, x2, y2 = np.array(PASTE) * 2
+    assert _iou(res.boxes_a[0], (x1, y1, x2, y2)) >= 0.5
+    assert _iou(res.boxes_b[0], (x1 - 8, y1 - 8, x2 - 8, y2 - 8)) >= 0.5
+    mask = np.zeros((1024, 1024), bool)
+    mask[y1 - 20:y2 + 20, x1 - 20:x2 + 20] = True
+    assert len(SsimDetector().detect(a, b, ignore_mask=mask)[0]) == 0
