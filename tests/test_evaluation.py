@@ -215,3 +215,58 @@ def test_mismatched_lengths_are_rejected():
         average_precision([E], [E, E], [S0, S0])
     with pytest.raises(ValueError):
         average_precision([E], [b([0, 0, 1, 1])], [np.array([0.1, 0.2])])
+
+
+def _tied_case(rng, n_img, uniform: bool, ties: str, degenerate: bool):
+    """Random images for the exactness test: `uniform` gives every image the same detection count (the
+    reshaped grid path), `ties` is "none", "tp_fp" (few score levels: TPs and FPs share scores) or
+    "tp_only" (an exact copy of every GT, all scored 0.75, which no other box gets), `degenerate` adds
+    zero-area boxes and duplicated GTs."""
+    gts, dets, scores = random_case(rng, n_img, max_gt=6, max_det=30)
+    if ties == "tp_only":
+        scores = [np.concatenate([np.full(len(g), 0.75), rng.random(len(d)) * 0.5])[:30]
+                  for g, d in zip(gts, dets)]
+        dets = [np.concatenate([g, d])[:30] for g, d in zip(gts, dets)]
+    if uniform:
+        dets = [np.concatenate([d, np.tile(b([500, 500, 520, 520]), (30 - len(d), 1))]) for d in dets]
+        scores = [np.concatenate([s, rng.random(30 - len(s))]) for s in scores]
+    if ties == "tp_fp":
+        scores = [np.round(s * 4) / 4 for s in scores]
+    if degenerate:
+        for d in dets[::3]:
+            if len(d):
+                d[0, 2] = d[0, 0]  # zero width
+        for g in gts[::4]:
+            if len(g) > 1:
+                g[1] = g[0]  # two identical GTs: IoU ties between GTs
+    return gts, dets, scores
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("ties", ["none", "tp_fp", "tp_only"])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_vectorised_equals_loop_reference_exactly(uniform, ties, degenerate):
+    """The vectorised paths (grid reshape or padded gather, value-sort ranking or the stable-argsort
+    fallback on TP/FP score ties, plain or guarded IoU division) give the loop's curve bit for bit."""
+    rng = np.random.default_rng([int(uniform), ["none", "tp_fp", "tp_only"].index(ties), int(degenerate)])
+    gts, dets, scores = _tied_case(rng, 150, uniform, ties, degenerate)
+    for area_range in [None, SIZE_RANGES["medium"]]:
+        for thr in (0.5, 0.0):
+            v = average_precision(gts, dets, scores, iou_threshold=thr, area_range=area_range)
+            r = average_precision_loop(gts, dets, scores, iou_threshold=thr, area_range=area_range)
+            assert (v.num_gt, v.num_det, v.num_tp) == (r.num_gt, r.num_det, r.num_tp)
+            assert np.array_equal(v.scores, r.scores)
+            assert np.array_equal(v.precision, r.precision) and np.array_equal(v.recall, r.recall)
+            assert v.ap == pytest.approx(r.ap, abs=1e-12)
+            assert v.ap == voc_ap_from_curve(v.precision, v.recall)  # same terms, same order
+
+
+def test_tied_scores_keep_input_order():
+    """Equal scores rank in input order (image-major): an FP listed before a TP of the same score
+    comes first in the curve, and after it when listed after."""
+    gts = [b([0, 0, 10, 10])]
+    tp, fp = b([0, 0, 10, 10]), b([50, 50, 60, 60])
+    fp_first = average_precision(gts, [np.concatenate([fp, tp])], [np.array([0.5, 0.5])])
+    tp_first = average_precision(gts, [np.concatenate([tp, fp])], [np.array([0.5, 0.5])])
+    assert fp_first.precision.tolist() == [0.0, 0.5] and fp_first.ap == 0.5
+    assert tp_first.precision.tolist() == [1.0, 0.5] and tp_first.ap == 1.0

@@ -17,10 +17,12 @@ The paper's protocol (and the authors' `utils/voc_eval.py`, the chainercv/FCOS V
   a fraction of a pixel per side.
 
 Because the VOC rule matches each detection to its argmax GT regardless of order, the whole thing
-vectorises: IoU of every (detection, GT-of-its-image) pair is computed in one flat array, the argmax
-per detection by segment reductions, and "first detection in global score order per GT" by one
-`np.unique`. `average_precision_loop` is the straightforward per-image loop kept as the readable
-reference (tests and `benchmarks/bench_ap.py` check the two agree to 1e-6).
+vectorises: IoU of every (detection, GT-of-its-image) pair in cache-sized chunks of images, one GT
+slot at a time (`_matched_gt`); "first detection in global score order per GT" as "highest score,
+then lowest index" per GT (`_first_matches`), since a GT's detections are all in its image; and the
+global order itself from one value sort of the scores (`_rank`). `average_precision_loop` is the
+straightforward per-image loop kept as the readable reference (tests and `benchmarks/bench_ap.py`
+check the two agree to 1e-6).
 
 No GT at all: AP is undefined and returned as NaN (`num_gt == 0`); callers report it as missing.
 
@@ -38,8 +40,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -114,10 +116,13 @@ def _check_inputs(gt_boxes, det_boxes, det_scores) -> None:
 def _flatten(per_image: Sequence, width: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate per-image arrays (N×width, or N when width is None); return (values, counts)."""
     ndim = 1 if width is None else 2
-    if len(per_image) and all(isinstance(a, np.ndarray) and a.ndim == ndim
-                              and (width is None or a.shape[1] == width) for a in per_image):
-        counts = np.fromiter((a.shape[0] for a in per_image), dtype=np.int64, count=len(per_image))
-        return np.concatenate(per_image, axis=0).astype(np.float64, copy=False), counts
+    try:  # fast path: every item already N×width (or N); one concatenate, no per-item checks
+        values = np.concatenate(per_image, axis=0) if len(per_image) else None
+    except ValueError:  # mixed shapes (e.g. a flat empty box list): normalise each item below
+        values = None
+    if values is not None and values.ndim == ndim and (width is None or values.shape[1] == width):
+        counts = np.fromiter(map(len, per_image), dtype=np.int64, count=len(per_image))
+        return values.astype(np.float64, copy=False), counts
     arrays = [np.asarray(a, dtype=np.float64) for a in per_image]
     if width is None:
         arrays = [a.reshape(-1) for a in arrays]
@@ -141,22 +146,44 @@ def voc_ap_from_curve(precision: np.ndarray, recall: np.ndarray) -> float:
 
 def _result(tp_sorted: np.ndarray, scores_sorted: np.ndarray, num_gt: int) -> APResult:
     tp = np.cumsum(tp_sorted, dtype=np.float64)
-    fp = np.cumsum(~tp_sorted, dtype=np.float64)
     n = tp_sorted.size
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).tiny) if n else np.zeros(0)
+    precision = tp / np.arange(1.0, n + 1.0)  # TP + FP after each detection, exact in float64
     if num_gt > 0:
         recall = tp / num_gt
-        ap = voc_ap_from_curve(precision, recall)
+        ap = _ap_at_true_positives(precision, recall, tp_sorted)
     else:
         recall = np.zeros(n)
         ap = math.nan
     return APResult(ap=ap, precision=precision, recall=recall, scores=scores_sorted,
-                    num_gt=int(num_gt), num_det=int(n), num_tp=int(tp_sorted.sum()))
+                    num_gt=int(num_gt), num_det=int(n), num_tp=int(tp[-1]) if n else 0)
+
+
+def _ap_at_true_positives(precision: np.ndarray, recall: np.ndarray, tp_sorted: np.ndarray) -> float:
+    """`voc_ap_from_curve` for a curve from `_result`, summing the very same terms in the same order.
+
+    Recall steps exactly at the true positives (and, when it ends below 1, at the closing sentinel,
+    whose envelope is 0), and precision has no NaN, so the padded copies need not be built. Between
+    two true positives precision only falls, so the envelope at a true positive is the running max
+    over the true positives after it.
+    """
+    at = np.flatnonzero(tp_sorted)
+    envelope = np.maximum.accumulate(precision[at][::-1])[::-1]
+    step_end = recall[at]
+    step_start = np.zeros(at.size)
+    step_start[1:] = step_end[:-1]  # the recall before each step: the previous step's
+    terms = (step_end - step_start) * envelope
+    if recall.size == 0 or recall[-1] != 1.0:
+        terms = np.append(terms, 0.0)  # (1 - last recall) * 0
+    return float(np.sum(terms))
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
     """Box areas, the same arithmetic as `spotdiff.boxes.box_areas` (np.maximum is faster than clip)."""
-    return np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    return _areas_planes(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
+
+
+def _areas_planes(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
+    return np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
 
 
 def _in_range(areas: np.ndarray, area_range: tuple[float, float] | None) -> np.ndarray:
@@ -182,61 +209,128 @@ def _descending(scores: np.ndarray) -> np.ndarray:
     return order
 
 
-# IoU values computed per block (images × dets × GTs); bounds the temporary memory to ~100 MB.
-_BLOCK_ELEMENTS = 2_000_000
+# Detections × GT slots computed per chunk of images; ~32k values per temporary keeps them in cache.
+_CHUNK_ELEMENTS = 1 << 15
 
 
-def _best_gt(dets: np.ndarray, det_start: np.ndarray, nd: np.ndarray,
-             gts: np.ndarray, gt_start: np.ndarray, ng: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every detection (image-major), the max IoU over its image's GTs and the first argmax.
+def _matched_gt(dets: np.ndarray, det_start: np.ndarray, nd: np.ndarray, gts: np.ndarray,
+                gt_start: np.ndarray, ng: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """For every detection (image-major), the GT it matches, or -1.
 
-    Images are grouped by their GT count g, so each block is a dense (images × dets × g) IoU array
-    with no GT padding; detections are padded only within a block. -1 where the image has no GT.
+    The match is the GT of its image with the highest IoU (first index on ties) when that IoU is
+    >= `iou_threshold`. Images are sorted by GT count (most first) and taken in chunks, each laid out
+    as an images × detections grid; GT slot k is then compared with the leading rows of the grid
+    (those images have a k-th GT), keeping a running max that only a strictly higher IoU replaces --
+    the argmax's first-index rule -- with every array contiguous and no GT padding.
     """
-    n_det = dets.shape[0]
-    best_iou = np.full(n_det, -1.0)
-    best_gt = np.full(n_det, -1, dtype=np.int64)
+    matched_gt = np.full(dets.shape[0], -1, dtype=np.int64)
     sel = np.flatnonzero((ng > 0) & (nd > 0))
     if sel.size == 0:
-        return best_iou, best_gt
-    sel = sel[np.argsort(ng[sel], kind="stable")]
-    d_cols = [np.ascontiguousarray(dets[:, k]) for k in range(4)]
-    d_area = _areas(dets)
-    g_cols = [np.ascontiguousarray(gts[:, k]) for k in range(4)]
-    g_area = _areas(gts)
-    values, first = np.unique(ng[sel], return_index=True)
-    bounds = list(first) + [sel.size]
-    for g, lo, hi in zip(values.tolist(), bounds[:-1], bounds[1:]):
-        group = sel[lo:hi]
-        step = max(1, _BLOCK_ELEMENTS // (int(nd[group].max()) * g))
-        for c in range(0, group.size, step):
-            imgs = group[c:c + step]
-            dmax = int(nd[imgs].max())
-            ar = np.arange(dmax)
+        return matched_gt
+    sel = sel[np.argsort(-ng[sel], kind="stable")]
+    g_cols = [np.ascontiguousarray(gts[:, k]) for k in range(4)] + [_areas(gts)]
+    g_positive = g_cols[4].min() > 0 and g_cols[4].max() < np.inf
+    dmax = int(nd[sel].max())
+    # Every image with the same number of detections: the grid is a reshape and a chunk a row gather.
+    uniform = bool((nd == dmax).all())
+    if uniform:
+        det_grid = dets.reshape(nd.size, dmax, 4)
+        grid_gt = matched_gt.reshape(nd.size, dmax)
+    rows = max(1, _CHUNK_ELEMENTS // dmax)
+    t1, t2, t3, best = (np.empty((rows, dmax)) for _ in range(4))
+    better = np.empty((rows, dmax), dtype=bool)
+    best_slot = np.empty((rows, dmax), dtype=np.int64)
+    ar = np.arange(dmax)
+    for lo in range(0, sel.size, rows):
+        imgs = sel[lo:lo + rows]
+        n_img, gmax = imgs.size, int(ng[imgs[0]])
+        if uniform:
+            block = np.take(det_grid, imgs, axis=0)
+        else:
             didx = det_start[imgs][:, None] + ar
             valid = ar < nd[imgs][:, None]
-            if not valid.all():
-                didx = np.where(valid, didx, det_start[imgs][:, None])
-            gidx = gt_start[imgs][:, None] + np.arange(g)
-            px1, py1, px2, py2 = (col[didx][:, :, None] for col in d_cols)
-            qx1, qy1, qx2, qy2 = (col[gidx][:, None, :] for col in g_cols)
-            iw = np.minimum(px2, qx2) - np.maximum(px1, qx1)
+            didx = np.where(valid, didx, det_start[imgs][:, None])  # padding repeats the first box
+            block = dets[didx]
+        x1, y1, x2, y2 = np.moveaxis(block, 2, 0).copy()  # contiguous coordinate planes
+        area = _areas_planes(x1, y1, x2, y2)
+        # With every area positive and finite, union > 0 for every pair (intersection <= the smaller
+        # area, also in floating point), so IoU is a plain division; else pairs with union 0 get 0.
+        positive = g_positive and area.min() > 0 and area.max() < np.inf
+        gidx = gt_start[imgs][:, None] + np.minimum(np.arange(gmax), ng[imgs][:, None] - 1)
+        gx1, gy1, gx2, gy2, garea = (col[gidx] for col in g_cols)
+        # Images with a k-th GT: a prefix of the chunk (sorted by GT count, most first).
+        has_slot = np.searchsorted(-ng[imgs], -np.arange(gmax), side="left")
+        for k, c in enumerate(has_slot.tolist()):
+            iw = np.minimum(x2[:c], gx2[:c, k, None], out=t1[:c])
+            iw -= np.maximum(x1[:c], gx1[:c, k, None], out=t2[:c])
             np.maximum(iw, 0, out=iw)
-            ih = np.minimum(py2, qy2) - np.maximum(py1, qy1)
+            ih = np.minimum(y2[:c], gy2[:c, k, None], out=t2[:c])
+            ih -= np.maximum(y1[:c], gy1[:c, k, None], out=t3[:c])
             np.maximum(ih, 0, out=ih)
             iw *= ih  # intersection
-            union = d_area[didx][:, :, None] + g_area[gidx][:, None, :] - iw
-            iou = np.divide(iw, union, out=np.zeros_like(iw), where=union > 0)
-            arg = iou.argmax(axis=2)
-            mx = np.take_along_axis(iou, arg[:, :, None], axis=2)[:, :, 0]
-            gsel = np.take_along_axis(gidx, arg, axis=1)
-            if valid.all():
-                best_iou[didx.ravel()] = mx.ravel()
-                best_gt[didx.ravel()] = gsel.ravel()
+            union = np.add(area[:c], garea[:c, k, None], out=t3[:c])
+            union -= iw
+            iou = best[:c] if k == 0 else t2[:c]
+            if positive:
+                np.divide(iw, union, out=iou)
             else:
-                best_iou[didx[valid]] = mx[valid]
-                best_gt[didx[valid]] = gsel[valid]
-    return best_iou, best_gt
+                iou.fill(0.0)
+                np.divide(iw, union, out=iou, where=union > 0)
+            if k == 0:
+                best_slot[:c] = 0
+            else:
+                np.greater(iou, best[:c], out=better[:c])
+                np.maximum(best[:c], iou, out=best[:c])  # = iou where better (no NaN here)
+                np.copyto(best_slot[:c], k, where=better[:c])
+        found = np.where(best[:n_img] >= iou_threshold, gt_start[imgs][:, None] + best_slot[:n_img], -1)
+        if uniform:
+            grid_gt[imgs] = found
+        else:
+            matched_gt[didx[valid]] = found[valid]
+    return matched_gt
+
+
+def _first_matches(matched_gt: np.ndarray, scores: np.ndarray, n_gt: int) -> np.ndarray:
+    """True for each detection that is the first, in global order, matched to its GT (a true positive).
+
+    All detections matched to one GT lie in one image, so "first in score order, ties in input
+    order" is "highest score, then lowest index": two scattered reductions instead of a global sort.
+    """
+    tp = np.zeros(matched_gt.size, dtype=bool)
+    idx = np.flatnonzero(matched_gt >= 0)
+    if idx.size == 0:
+        return tp
+    gt, sc = matched_gt[idx], scores[idx]
+    top = np.full(n_gt, -np.inf)
+    np.maximum.at(top, gt, sc)
+    at_top = sc == top[gt]
+    first = np.full(n_gt, matched_gt.size, dtype=np.int64)
+    np.minimum.at(first, gt[at_top], idx[at_top])
+    tp[first[first < matched_gt.size]] = True
+    return tp
+
+
+def _rank(scores: np.ndarray, is_tp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TP flags, scores) in global order: scores high to low, ties in input order.
+
+    A value sort of the scores, not an argsort (about half the time): a TP's place is found by
+    searching its score, which is exact unless some FP has the same score as a TP (then their input
+    order matters and the stable argsort `_descending` decides). Ties among FPs only, or among TPs
+    only, leave the same flags in either order.
+    """
+    ascending = np.sort(scores)
+    tp_scores = np.sort(scores[is_tp])
+    lo = np.searchsorted(ascending, tp_scores, side="left")
+    tp_lo = np.searchsorted(tp_scores, tp_scores, side="left")
+    tp_hi = np.searchsorted(tp_scores, tp_scores, side="right")
+    end = lo + tp_hi - tp_lo  # the m TPs of a score take lo .. end - 1 if no FP has that score
+    inside = end < scores.size
+    if np.any(ascending[end[inside]] == tp_scores[inside]):  # a score held by a TP and an FP
+        order = _descending(scores)
+        return is_tp[order], scores[order]
+    flags = np.zeros(scores.size, dtype=bool)
+    flags[lo + np.arange(tp_scores.size) - tp_lo] = True
+    return flags[::-1], ascending[::-1]
 
 
 def average_precision(
@@ -275,24 +369,18 @@ def average_precision(
     det_start = np.concatenate(([0], np.cumsum(nd)[:-1])).astype(np.int64)
     gt_start = np.concatenate(([0], np.cumsum(ng)[:-1])).astype(np.int64)
 
-    best_iou, best_gt = _best_gt(dets, det_start, nd, gts, gt_start, ng)
-    matched = best_iou >= iou_threshold
+    matched_gt = _matched_gt(dets, det_start, nd, gts, gt_start, ng, iou_threshold)
     gt_in = _in_range(_areas(gts), area_range)
     num_gt = int(gt_in.sum())
-
-    glob = _descending(scores)
+    is_tp = _first_matches(matched_gt, scores, gts.shape[0])
     if area_range is not None:
         # Ignored: matched to an out-of-range GT, or unmatched and itself out of range.
-        ignored = np.where(matched, ~gt_in[np.maximum(best_gt, 0)] if gts.size else False,
+        matched = matched_gt >= 0
+        ignored = np.where(matched, ~gt_in[np.maximum(matched_gt, 0)] if gts.size else False,
                            ~_in_range(_areas(dets), area_range))
-        glob = glob[~ignored[glob]]
-    m = matched[glob]
-    tp_sorted = np.zeros(glob.size, dtype=bool)
-    if m.any():
-        m_pos = np.flatnonzero(m)
-        _, first_idx = np.unique(best_gt[glob[m_pos]], return_index=True)
-        tp_sorted[m_pos[first_idx]] = True
-    return _result(tp_sorted, scores[glob], num_gt)
+        scores, is_tp = scores[~ignored], is_tp[~ignored]
+    tp_sorted, scores_sorted = _rank(scores, is_tp)
+    return _result(tp_sorted, scores_sorted, num_gt)
 
 
 def average_precision_loop(
