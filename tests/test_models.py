@@ -415,3 +415,27 @@ def test_matching_init_starts_coattention_on_corresponding_positions():
 def test_attention_init_is_a_known_choice():
     with pytest.raises(SpotdiffError, match="attention_init"):
         CYWS(backbone="resnet18", image_size=64, attention_init="tied")
+
+
+def test_decoder_channels_set_the_decoder_and_head_widths_and_survive_a_checkpoint(tmp_path):
+    """`model.decoder_channels` (the embedded profile halves them) builds a narrower decoder whose
+    output and the head's hidden width follow the last entry, fewer parameters than the reference
+    widths, the same output shapes, and a round trip through save_model/load_model."""
+    narrow = CYWS(backbone="resnet18", image_size=64, decoder_channels=(128, 128, 64, 64, 32)).eval()
+    wide = CYWS(backbone="resnet18", image_size=64).eval()
+    assert narrow.decoder.out_channels == 32 and narrow.head.heatmap[0].out_channels == 32
+    assert wide.head.heatmap[0].out_channels == 64
+    assert narrow.param_breakdown()["decoder"] < wide.param_breakdown()["decoder"] / 2
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    out_a, _ = narrow(a, b)
+    assert out_a["heatmap"].shape == (1, 1, 64, 64) and out_a["size"].shape == (1, 2, 64, 64)
+    save_model(narrow, tmp_path / "m.pt")
+    back = load_model(tmp_path / "m.pt")
+    assert back.config["decoder_channels"] == [128, 128, 64, 64, 32]
+    assert torch.equal(back(a, b)[0]["heatmap"], out_a["heatmap"])
+
+
+@pytest.mark.parametrize("channels", [(64, 32), (128, 128, 64, 64, 0), (128, 128, 64, 64, 32.5)])
+def test_decoder_channels_must_be_five_positive_integers(channels):
+    with pytest.raises(SpotdiffError, match="decoder_channels"):
+        CYWS(backbone="resnet18", image_size=64, decoder_channels=channels)

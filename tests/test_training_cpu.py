@@ -71,6 +71,14 @@ def test_params_reject_unvalidated_last_step():
     params_from_dict({"train": {"max_steps": 30, "val_every_n_steps": 10}})
 
 
+def test_params_decoder_channels_are_five_positive_integers():
+    assert params_from_dict({"model": {"decoder_channels": [128, 128, 64, 64, 32]}}).model.decoder_channels == (
+        128, 128, 64, 64, 32)
+    for bad in ([128, 64], [128, 128, 64, 64, 0], "wide"):
+        with pytest.raises(Exception, match="decoder_channels"):
+            params_from_dict({"model": {"decoder_channels": bad}})
+
+
 def test_curriculum_strength_and_sampler_steps():
     c = AffineCurriculum(start_step=4, ramp_steps=2)
     assert [c.strength(s) for s in range(7)] == [0, 0, 0, 0, 0.5, 1.0, 1.0]

@@ -39,7 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODER_CHANNELS = (256, 256, 128, 128, 64)
 CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
-               "max_boxes", "attention_scale", "attention_init")
+               "max_boxes", "attention_scale", "attention_init", "decoder_channels")
 
 
 class CYWS(nn.Module):
@@ -56,6 +56,7 @@ class CYWS(nn.Module):
         image_size: int = 256,
         attention_scale: str = "none",
         attention_init: str = "independent",
+        decoder_channels: Sequence[int] = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
         if backbone not in STAGE_CHANNELS:
@@ -71,6 +72,11 @@ class CYWS(nn.Module):
         if attention_scale not in ATTENTION_SCALES:
             raise SpotdiffError(f"model.attention_scale: {attention_scale!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_SCALES)}")
+        decoder_channels = list(decoder_channels)
+        if not (len(decoder_channels) == 5 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                                   for c in decoder_channels)):
+            raise SpotdiffError(f"model.decoder_channels: {decoder_channels!r} must be 5 positive integers, "
+                                "deepest block first (the reference: 256, 256, 128, 128, 64)")
         if attention_init not in ATTENTION_INITS:
             raise SpotdiffError(f"model.attention_init: {attention_init!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_INITS)}")
@@ -78,6 +84,7 @@ class CYWS(nn.Module):
             "backbone": backbone, "attention": attention, "attention_layers": attention_layers,
             "scse": bool(scse), "image_size": image_size, "pretrained_weights": str(pretrained_weights or ""),
             "max_boxes": max_boxes, "attention_scale": attention_scale, "attention_init": attention_init,
+            "decoder_channels": decoder_channels,
         }
         self.max_boxes = max_boxes
         self.encoder = ResNetEncoder(backbone, pretrained_weights)
@@ -91,8 +98,8 @@ class CYWS(nn.Module):
             for j, lvl in enumerate(self.attention_levels)
         )
         decoder_in = [c * 2 if i in self.attention_levels else c for i, c in enumerate(channels)]
-        self.decoder = UnetDecoder(decoder_in, DECODER_CHANNELS, scse=scse)
-        self.head = CenterNetHead(self.decoder.out_channels, 64)
+        self.decoder = UnetDecoder(decoder_in, decoder_channels, scse=scse)
+        self.head = CenterNetHead(self.decoder.out_channels, decoder_channels[-1])
         self.normalize_input = bool(pretrained_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -104,7 +111,8 @@ class CYWS(nn.Module):
                else lambda k, d=None: getattr(model_params, k, d))
         defaults = {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
                     "pretrained_weights": "", "max_boxes": 100, "image_size": 256,
-                    "attention_scale": "none", "attention_init": "independent"}
+                    "attention_scale": "none", "attention_init": "independent",
+                    "decoder_channels": DECODER_CHANNELS}
         return cls(**{k: get(k, d) for k, d in defaults.items()})
 
     # ----------------------------------------------------------------------------- forward
