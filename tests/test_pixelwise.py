@@ -252,3 +252,42 @@ def test_map_on_every_2nd_pixel_with_registration_and_ignore_mask(astronaut, pas
     mask = np.zeros((1024, 1024), bool)
     mask[y1 - 20:y2 + 20, x1 - 20:x2 + 20] = True
     assert len(SsimDetector().detect(a, b, ignore_mask=mask)[0]) == 0
+
+
+def test_already_aligned_pair_skips_feature_matching(astronaut, pasted, monkeypatch):
+    """An edited copy (no camera motion) is decided "identity" by the quick ECC check alone; a pair
+    moved by 3 px and turned 1° still goes through features + ECC and is registered."""
+    from spotdiff.methods import pixelwise
+
+    a = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    b = cv2.cvtColor(pasted, cv2.COLOR_RGB2GRAY)
+    calls = []
+    features = pixelwise._features_homography
+    monkeypatch.setattr(pixelwise, "_features_homography", lambda *args, **kw: calls.append(1) or features(*args, **kw))
+    H, method, notes = pixelwise.auto_homography(a, b)
+    assert method == "identity" and not calls and "no camera motion" in notes[0]
+    np.testing.assert_array_equal(H, np.eye(3))
+    m = cv2.getRotationMatrix2D((256, 256), 1.0, 1.0)
+    m[:, 2] += (3, 0)
+    moved = cv2.warpAffine(b, m, (512, 512), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    H, method, _ = pixelwise.auto_homography(a, moved)
+    assert calls and method in ("orb+ecc", "orb")
+    # H maps B's pixels onto A's: the inverse of the nudge, within a pixel at the corners
+    corners = np.float64([[0, 0], [512, 0], [512, 512], [0, 512]])
+    back = cv2.perspectiveTransform(cv2.transform(corners[None], m), H)[0]
+    assert np.abs(back - corners).max() < 1.0
+
+
+def test_uint8_colour_fit_is_the_float_one_rounded(astronaut):
+    """`apply_colour_fit_u8` (the 2-px grid's full-resolution pass) is `apply_colour_fit` rounded and
+    clipped, within a grey level — an exposure fit (affine) and a gamma fit (square terms) alike."""
+    from spotdiff.methods.pixelwise import UNIT_LUT, apply_colour_fit, apply_colour_fit_u8, colour_fit
+
+    region = np.ones(astronaut.shape[:2], bool)
+    exposure = np.clip(astronaut * 0.85 + 10, 0, 255).astype(np.uint8)
+    gamma = (255 * (astronaut / 255.0) ** 0.8).astype(np.uint8)
+    for b in (exposure, gamma):
+        fit = colour_fit(None, None, region, raw_x=astronaut, raw_y=b)
+        assert fit is not None
+        exact = np.clip(apply_colour_fit(cv2.LUT(b, UNIT_LUT), fit) * 255.0, 0, 255)
+        assert np.abs(apply_colour_fit_u8(b, fit).astype(np.float64) - exact).max() <= 1.0

@@ -7,7 +7,9 @@ Pipeline, for images A and B of any sizes:
    texture); B is resized to the same working size, so different sizes and resolutions compare —
    stretched, unless the aspect ratios differ by < `SAME_SCALE_ASPECT` (B is A padded or cropped:
    same scale on both axes, top-left anchored, cropped to the frame).
-2. Registration (`align`): "auto" (the default) estimates a homography from ORB (then SIFT) feature
+2. Registration (`align`): "auto" (the default) first asks whether the pair is already aligned (ECC
+   from identity on small copies, fitted where A and B agree, moves no corner by a third of a pixel:
+   identity, no features needed); otherwise it estimates a homography from ORB (then SIFT) feature
    matches refined by ECC, and keeps it only when the features support it and it fits B to A better
    than no warp; otherwise identity, quietly (identical, flat or tiny images), with the reason in the
    notes. "homography" insists (ECC alone as a last resort, every fallback a warning); "none" skips.
@@ -16,7 +18,7 @@ Pipeline, for images A and B of any sizes:
    images: gain + offset) maps B onto A (the changes themselves and saturated pixels are outliers of
    the fit), so exposure, contrast, white balance and saturation are not differences.
 4. Difference map = max(1 − SSIM on grey, local mean colour difference / `colour_scale`). SSIM: grey
-   in [0, 1] (explicit data range 1.0), Gaussian window (`sigma`, truncated at 3.5 σ like
+   in [0, 1] (explicit data range 1.0; on the 2-px grid the grey levels of the uint8 images, range 255), Gaussian window (`sigma`, truncated at 3.5 σ like
    scikit-image), in torch (one grouped separable convolution, so the same code runs on a GPU) or
    OpenCV. The colour term is the RMS over R, G, B of the Gaussian-blurred signed difference: it
    lights flat and iso-luminant changes that SSIM, blind to a mean shift in a flat patch, leaves dark,
@@ -67,6 +69,15 @@ QUIET_REGION_FRACTION = 0.005
 SAME_SCALE_ASPECT = 0.05
 # align=auto matches features on copies this size at most (ORB on 1024² costs ~4× more, ECC refines).
 FEATURE_SIDE = 640
+FEATURES = 2500  # ORB / SIFT features per image for align=auto
+# align=auto first asks whether the pair is already aligned: ECC from identity on copies this size
+# at most, fitted where A and B agree — when that agreement covers at least ALIGNED_AGREEMENT of the
+# frame. Corners moving less than NO_MOTION_PX (working-frame pixels) are no camera motion.
+ALIGNED_CHECK_SIDE = 256
+ALIGNED_AGREEMENT = 0.5
+ALIGNED_EDGES = 0.8  # ... and A's edges agree with B's (see `_edges_agree`)
+NO_MOTION_PX = 0.3
+MISFIT_SIDE = 512  # the misfit that picks between warps is measured on copies this size at most
 # Ridge weight (per sample) on the colour fit's cross-channel and square terms (see match_colour).
 RIDGE = 1e-2
 # uint8 value v → v · float32(1/255) (float32), for cv2.LUT
@@ -83,6 +94,14 @@ def gaussian_kernel1d(sigma: float, truncate: float = TRUNCATE):
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
+
+
+@functools.lru_cache(maxsize=16)
+def gaussian_taps(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
+    """`gaussian_kernel1d` as a float32 numpy array, cached (the OpenCV paths ask for it every call)."""
+    taps = gaussian_kernel1d(sigma, truncate).numpy().astype(np.float32)
+    taps.flags.writeable = False
+    return taps
 
 
 def _symmetric_pad(t, r: int):
@@ -138,7 +157,7 @@ def ssim_map_cv2(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_range: f
     """
     import cv2
 
-    k = gaussian_kernel1d(sigma, truncate).numpy().astype(np.float32)
+    k = gaussian_taps(sigma, truncate)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32)
 
@@ -205,7 +224,8 @@ def pyramid_kernel(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
 def ssim_map_pyramid(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_range: float = 1.0,
                      scratch: Scratch | None = None) -> np.ndarray:
     """The SSIM map of two H×W float32 images at every 2nd pixel (rows and columns 0, 2, 4, ...):
-    a ⌈H/2⌉×⌈W/2⌉ map whose local statistics still come from every pixel.
+    a ⌈H/2⌉×⌈W/2⌉ map whose local statistics still come from every pixel. uint8 images (grey levels,
+    `data_range` 255) are read as such: the squares and products are formed from the bytes.
 
     The five moments' Gaussian filtering is split into OpenCV's `pyrDown` (binomial blur + every 2nd
     pixel, a quarter of the output) and a short filter at the half resolution (`pyramid_kernel`):
@@ -221,9 +241,13 @@ def ssim_map_pyramid(x: np.ndarray, y: np.ndarray, sigma: float = 1.5, data_rang
         small = cv2.pyrDown(img, borderType=cv2.BORDER_REFLECT)
         return cv2.sepFilter2D(small, cv2.CV_32F, k, k, dst=small, borderType=cv2.BORDER_REFLECT)
 
-    sq = cv2.multiply(x, x, dst=scratch.get("ssim_sq", x.shape, np.float32))
+    sq = cv2.multiply(x, x, dst=scratch.get("ssim_sq", x.shape, np.float32), dtype=cv2.CV_32F)
     cv2.accumulateSquare(y, sq)                         # x² + y²
-    xy = cv2.multiply(x, y, dst=scratch.get("ssim_xy", x.shape, np.float32))
+    xy = cv2.multiply(x, y, dst=scratch.get("ssim_xy", x.shape, np.float32), dtype=cv2.CV_32F)
+    if x.dtype == np.uint8:  # exact integers in float32
+        np.copyto(scratch.get("ssim_x", x.shape, np.float32), x)
+        np.copyto(scratch.get("ssim_y", y.shape, np.float32), y)
+        x, y = scratch.arrays["ssim_x"], scratch.arrays["ssim_y"]
     return _ssim_from_filtered_cv2(down(x), down(y), down(xy), down(sq), data_range)
 
 
@@ -245,6 +269,30 @@ class Scratch(threading.local):
 
 
 # ---------------------------------------------------------------- registration
+
+
+class Copies:
+    """Downsized copies of two same-size grey images for the registration steps, each size made once
+    (INTER_AREA, from the nearest larger copy): ECC, the features and the misfit all ask for them."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a, self.b = a, b
+        self.made: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {(a.shape[1], a.shape[0]): (a, b)}
+
+    def at(self, max_side: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """(A, B, (w, h)) with the longer side ≤ `max_side` (never upsampled; at least 8 px)."""
+        import cv2
+
+        h, w = self.a.shape
+        s = min(1.0, max_side / max(h, w))
+        size = (max(8, round(w * s)), max(8, round(h * s)))
+        if size not in self.made:
+            src = min((k for k in self.made if k[0] >= size[0] and k[1] >= size[1]), key=lambda k: k[0] * k[1],
+                      default=(w, h))
+            sa, sb = self.made.get(src, (self.a, self.b))
+            self.made[size] = (cv2.resize(sa, size, interpolation=cv2.INTER_AREA),
+                               cv2.resize(sb, size, interpolation=cv2.INTER_AREA))
+        return (*self.made[size], size)
 
 
 def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int = 4000
@@ -277,19 +325,21 @@ def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int
 
 
 def _ecc_homography(a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None,
-                    max_side: int = 256, iterations: int = 100) -> np.ndarray | None:
-    """ECC on ≤`max_side`-px copies, starting from `init` (B→A) or identity.
+                    max_side: int = 256, iterations: int = 100, eps: float = 1e-6,
+                    min_agreement: float | None = None, copies: Copies | None = None) -> np.ndarray | None:
+    """ECC on ≤`max_side`-px copies (`copies`' when given), starting from `init` (B→A) or identity.
 
+    With `init`, the fit is restricted to where B warped by it already matches A — unless that is
+    under a fifth of the frame (plain fit), or under `min_agreement` when given (then None).
     Returns the homography mapping B's pixels onto A's, or None when ECC fails.
     """
     import cv2
 
-    s = min(1.0, max_side / max(a.shape))
-    size = (max(8, round(a.shape[1] * s)), max(8, round(a.shape[0] * s)))
+    ca, cb, size = (copies or Copies(a, b)).at(max_side)
     sx, sy = a.shape[1] / size[0], a.shape[0] / size[1]
     S = np.diag([sx, sy, 1.0])
-    sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    sa = ca.astype(np.float32) / 255.0
+    sb = cb.astype(np.float32) / 255.0
     warp = np.eye(3, dtype=np.float32)
     mask = None
     if init is not None:  # ECC's warp maps A's pixels to B's, at the reduced size
@@ -302,11 +352,14 @@ def _ecc_homography(a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None
         d = sa - bw
         d -= np.median(d)
         mask = cv2.erode((np.abs(d) < 20 / 255).astype(np.uint8), np.ones((5, 5), np.uint8))
-        if mask.mean() < 0.2:  # too little agrees: the plain fit is the better guess
+        agreement = float(mask.mean())
+        if min_agreement is not None and agreement < min_agreement:
+            return None
+        if agreement < 0.2:  # too little agrees: the plain fit is the better guess
             mask = None
     try:
         _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_HOMOGRAPHY,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-6),
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, eps),
                                        mask, 3)
     except cv2.error:
         return None
@@ -376,15 +429,13 @@ def estimate_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, 
     return np.eye(3), "identity", notes
 
 
-def _misfit(a: np.ndarray, b: np.ndarray, H: np.ndarray | None) -> float:
+def _misfit(a: np.ndarray, b: np.ndarray, H: np.ndarray | None, copies: Copies | None = None) -> float:
     """Mean absolute grey difference (0-255) between A and B warped by H (None: as is), over the
     pixels B covers, on ≤ 512-px copies: the yardstick that decides whether a warp helps."""
     import cv2
 
-    s = min(1.0, 512 / max(a.shape))
-    size = (max(8, round(a.shape[1] * s)), max(8, round(a.shape[0] * s)))
-    sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+    sa, sb, size = (copies or Copies(a, b)).at(MISFIT_SIDE)
+    sa = sa.astype(np.float32)
     inside = np.ones(sa.shape, bool)
     if H is not None:
         S = np.diag([size[0] / a.shape[1], size[1] / a.shape[0], 1.0])
@@ -396,32 +447,59 @@ def _misfit(a: np.ndarray, b: np.ndarray, H: np.ndarray | None) -> float:
     return float(np.abs(sa - sb.astype(np.float32))[inside].mean())
 
 
-def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
-    """Registration for `align="auto"`: (H B→A, method, notes) with method "identity" whenever the
-    features do not support a homography or it does not fit B to A better than no warp.
+def _edges_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether A's edges (grey uint8) are where B's are: at least `ALIGNED_EDGES` of A's edge pixels
+    (morphological gradient ≥ 20 levels) differ from B by < 20 levels, the median difference aside.
 
-    Without enough features, ECC from identity is tried and kept only when it fits B to A clearly
-    better than no warp (on flat images it drifts as readily as it converges). Notes say why identity
-    was chosen; nothing is warned.
-    """
+    The quick ECC check fits only where A and B agree; a shifted pair of flat-coloured shapes agrees
+    everywhere but along the edges — exactly the pixels that show the motion. Only a pair whose
+    edges agree (the changes aside) may be decided by that fit."""
     import cv2
 
+    edges = cv2.morphologyEx(a, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) >= 20
+    n = int(np.count_nonzero(edges))
+    if n < 64:  # too few edges to tell
+        return False
+    d = cv2.subtract(a, b, dtype=cv2.CV_16S)
+    agree = np.abs(d[edges] - np.median(d)) < 20
+    return float(agree.mean()) >= ALIGNED_EDGES
+
+
+def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
+    """Registration for `align="auto"`: (H B→A, method, notes) with method "identity" whenever the
+    pair is already aligned, the features do not support a homography, or it does not fit B to A
+    better than no warp.
+
+    First the common case, a photo and its edited copy: ECC from identity on ≤`ALIGNED_CHECK_SIDE`-px
+    copies, fitted where A and B already agree (at least `ALIGNED_AGREEMENT` of the frame, so the
+    changes do not pull it), settles within `NO_MOTION_PX` — no camera motion, no features needed.
+    Otherwise features (ORB, then SIFT) refined by ECC, checked against no warp. Without enough
+    features, ECC from identity is tried and kept only when it fits B to A clearly better than no warp
+    (on flat images it drifts as readily as it converges). Notes say why identity was chosen; nothing
+    is warned.
+    """
     h, w = a.shape
     if np.array_equal(a, b):
         return np.eye(3), "identity", ["images identical in the working frame; no registration needed"]
     if min(h, w) < 32:
         return np.eye(3), "identity", [f"working frame {w}×{h} too small to register; compared as is"]
     notes: list[str] = []
+    copies = Copies(a, b)
+    if _edges_agree(*copies.at(ALIGNED_CHECK_SIDE)[:2]):
+        still = _ecc_homography(a, b, init=np.eye(3), max_side=ALIGNED_CHECK_SIDE, iterations=10, eps=1e-3,
+                                min_agreement=ALIGNED_AGREEMENT, copies=copies)
+    else:
+        still = None
+    if _plausible(still, w, h) and _corner_shift(still, np.eye(3), w, h) < NO_MOTION_PX:
+        note = f"no camera motion: ECC on ≤ {ALIGNED_CHECK_SIDE} px copies moves no corner by {NO_MOTION_PX} px"
+        return np.eye(3), "identity", [note]
     # Features on ≤ FEATURE_SIDE-px copies: pixel accuracy there is enough, ECC refines after.
-    f = min(1.0, FEATURE_SIDE / max(h, w))
-    small = (max(8, round(w * f)), max(8, round(h * f)))
-    fa = a if f == 1.0 else cv2.resize(a, small, interpolation=cv2.INTER_AREA)
-    fb = b if f == 1.0 else cv2.resize(b, small, interpolation=cv2.INTER_AREA)
+    fa, fb, small = copies.at(FEATURE_SIDE)
     S = np.diag([small[0] / w, small[1] / h, 1.0])
     for kind in ("orb", "sift"):
         try:
-            # brute-force matching is quadratic in the features: 2500 keep rotations accurate
-            H, n = _features_homography(fa, fb, kind, nfeatures=2500)
+            # brute-force matching is quadratic in the features: FEATURES keep rotations accurate
+            H, n = _features_homography(fa, fb, kind, nfeatures=FEATURES)
             if H is not None:
                 H = np.linalg.inv(S) @ H @ S
         except Exception as exc:  # cv2 without SIFT, odd images
@@ -434,24 +512,24 @@ def auto_homography(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str, list
         # Feature positions are pixel-accurate at best and ECC can drift on the changes themselves:
         # keep whichever of (features, features+ECC, no warp) fits B to A best.
         candidates = {kind: H, "identity": np.eye(3)}
-        refined = _ecc_homography(a, b, init=H, max_side=512, iterations=50)
+        refined = _ecc_homography(a, b, init=H, max_side=512, iterations=50, copies=copies)
         if _plausible(refined, w, h) and _corner_shift(refined, H, w, h) < 0.05 * max(w, h):
             candidates[kind + "+ecc"] = refined / refined[2, 2]
-        misfit = {name: _misfit(a, b, None if name == "identity" else M) for name, M in candidates.items()}
+        misfit = {name: _misfit(a, b, None if name == "identity" else M, copies) for name, M in candidates.items()}
         method = min(misfit, key=misfit.get)
         if method == "identity":
             notes.append(f"{kind}: no homography fits B to A better than none "
                          f"(mean |A-B| {misfit[kind]:.2f} vs {misfit['identity']:.2f}); compared as is")
             return np.eye(3), "identity", notes
         H = candidates[method]
-        if _corner_shift(H, np.eye(3), w, h) < 0.3:
+        if _corner_shift(H, np.eye(3), w, h) < NO_MOTION_PX:
             # Interpolating by less than a third of a pixel only blurs B.
-            return np.eye(3), "identity", notes + [f"{method}: no camera motion (corners move < 0.3 px)"]
+            return np.eye(3), "identity", notes + [f"{method}: no camera motion (corners move < {NO_MOTION_PX} px)"]
         return H, method, notes
     # Few features (small or smooth images): ECC from identity, kept only if it clearly fits better.
-    H = _ecc_homography(a, b)
-    if _plausible(H, w, h) and _corner_shift(H, np.eye(3), w, h) >= 0.3:
-        before, after = _misfit(a, b, None), _misfit(a, b, H)
+    H = _ecc_homography(a, b, copies=copies)
+    if _plausible(H, w, h) and _corner_shift(H, np.eye(3), w, h) >= NO_MOTION_PX:
+        before, after = _misfit(a, b, None, copies), _misfit(a, b, H, copies)
         if after < 0.9 * before:
             return H / H[2, 2], "ecc", notes
         notes.append(f"ecc: fits B to A no better than none (mean |A-B| {after:.2f} vs {before:.2f})")
@@ -544,8 +622,8 @@ def colour_fit(x: np.ndarray | None, y: np.ndarray | None, region: np.ndarray, i
     import cv2
 
     shape = raw_x.shape if raw_x is not None else x.shape
-    # ≤ ~20k samples: plenty for 21 unknowns, and the robust loop (a median per pass) scales with them
-    step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / 20_000))))
+    # ≤ ~10k samples: plenty for 21 unknowns, and the robust loop (a median per pass) scales with them
+    step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / 10_000))))
     # samples as rows of a 10 × n matrix: y (3), y² (3), 1, x (3) — row-major, so the per-iteration
     # products and selections run over contiguous rows
     if raw_x is not None and raw_y is not None:
@@ -796,7 +874,7 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
         d[explained] = 0.0
     f = 2 if min(h, w) >= 64 else 1
     size = ((w + f - 1) // f, (h + f - 1) // f)
-    k = gaussian_kernel1d(sigma / f).numpy().astype(np.float32)
+    k = gaussian_taps(sigma / f)
     own = cv2.transform(cv2.multiply(d, d), mean_rgb)
     if f > 1:
         own = cv2.resize(own, size, interpolation=cv2.INTER_AREA)
@@ -811,86 +889,90 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     return out
 
 
-GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])  # RGB → grey, as cv2.COLOR_RGB2GRAY
-SQUARE_THIRD_LUT = ((np.arange(256) / 255.0) ** 2 / 3).astype(np.float32)  # |d| → its share of the mean d²
+SQUARE_LUT16 = (np.arange(256) ** 2).astype(np.uint16)  # |d| → d² (255² fits in 16 bits)
+# The colour fit's square terms are skipped on the uint8 path when they move no value by more than
+# this many grey levels (the rounding of the uint8 result itself).
+SQUARE_TERM_LEVELS = 1.0
 
 
-def grey_unit(img: np.ndarray, fit: np.ndarray | None = None, scratch: Scratch | None = None,
-              name: str = "grey") -> np.ndarray:
-    """Grey level in [0, 1] (float32) of a uint8 RGB image, after the colour map `fit` (a `colour_fit`
-    matrix; None = as is): grey(M·y + Q·y² + o) = Σ_c (a_c·y_c + q_c·y_c²) + b is a sum of one table
-    per channel, so it is one table look-up and one channel sum — no full-size float colour image.
-    The result is `scratch`'s array `name` when given."""
+def apply_colour_fit_u8(raw_y: np.ndarray, fit: np.ndarray | None, scratch: Scratch | None = None,
+                        name: str = "fitted") -> np.ndarray:
+    """`apply_colour_fit` on a uint8 RGB image, in uint8 (rounded, clipped to 0-255): one `cv2.transform`
+    pass for M·y + o; the square terms Q·y² (a gamma change) through float only when they move some
+    value by more than `SQUARE_TERM_LEVELS`. `fit` None: `raw_y` itself. `scratch`'s array `name` when
+    given."""
     import cv2
 
-    v = np.arange(256) / 255.0
     if fit is None:
-        tables, offset = GREY_WEIGHTS[None, :] * v[:, None], 0.0
-    else:
-        a, q, offset = GREY_WEIGHTS @ fit[:3].T, GREY_WEIGHTS @ fit[3:6].T, float(GREY_WEIGHTS @ fit[6])
-        tables = a[None, :] * v[:, None] + q[None, :] * (v * v)[:, None]
-    lut = np.ascontiguousarray(tables, dtype=np.float32).reshape(256, 1, 3)
-    h, w = img.shape[:2]
-    per_channel = cv2.LUT(img, lut, dst=scratch.get("grey_lut", (h, w, 3), np.float32) if scratch else None)
-    sum_row = np.array([[1.0, 1.0, 1.0, offset]], np.float32)
-    return cv2.transform(per_channel, sum_row, dst=scratch.get(name, (h, w), np.float32) if scratch else None)
+        return raw_y
+    dst = scratch.get(name, raw_y.shape, np.uint8) if scratch else None
+    if np.abs(fit[3:6]).sum(axis=0).max() * 255.0 <= SQUARE_TERM_LEVELS:
+        affine = np.concatenate([fit[:3].T, 255.0 * fit[6][:, None]], axis=1).astype(np.float32)
+        return cv2.transform(raw_y, affine, dst=dst)
+    out = apply_colour_fit(cv2.LUT(raw_y, UNIT_LUT), fit)
+    cv2.max(out, 0.0, dst=out)
+    return cv2.convertScaleAbs(out, dst=dst, alpha=255.0)  # rounds and saturates at 255
 
 
-def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarray | None, sigma: float,
-                             scale: float, same: np.ndarray | None = None,
+def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarray | None, fitted: np.ndarray,
+                             sigma: float, scale: float, same: np.ndarray | None = None,
                              scratch: Scratch | None = None) -> np.ndarray:
-    """`colour_difference` on the 2×2-block grid (⌈H/2⌉×⌈W/2⌉), straight from the uint8 images before
-    the colour fit (`raw_x`, `raw_y`) and the fit (`colour_fit`; None = identity).
+    """`colour_difference` on the 2×2-block grid (⌈H/2⌉×⌈W/2⌉), from uint8 images only: A (`raw_x`),
+    B before the colour fit (`raw_y`), the fit (`colour_fit`; None = identity) and B after it
+    (`fitted`, `apply_colour_fit_u8`). These passes are memory-bound: a uint8 pass moves a quarter of the bytes
+    of a float one.
 
-    The blur (whether the colour changed) is taken on the 2×2 block means, fitted — the same
-    smooth term as `colour_difference`. The cap (where: the pixels' own RMS difference) keeps its
-    full-resolution statistics: the per-pixel |A − fitted B| is formed in uint8 (the fit's affine
-    part, rounded to a grey level), squared, and averaged over the block — the mean of the squares,
-    not the square of the mean, so a textured or half-covered block keeps its full cap. A channel's
-    difference that clipping explains is dropped in the cap (B at 255 reading darker than A, B at 0
-    brighter; A's own clipping needs no rule in uint8), which zeroes the term there. `same` (bool,
-    on the block grid): blocks where B took A's values; no difference there.
+    The blur (whether the colour changed) is taken on the 2×2 block means of A and fitted B — the
+    same smooth term as `colour_difference`. The cap (where: the pixels' own RMS difference) keeps its
+    full-resolution statistics: the per-pixel |A − fitted B| is squared (16 bits, exact) and averaged
+    over the block and the channels — the mean of the squares, not the square of the mean, so a
+    textured or half-covered block keeps its full cap. A channel's difference that clipping explains
+    is dropped in the cap (B at 255 reading darker than A, B at 0 brighter; A's own clipping needs no
+    rule in uint8), which zeroes the term there. `same` (bool, on the block grid): blocks where B took
+    A's values; no difference there.
     """
     import cv2
 
     scratch = scratch or Scratch()
     h, w = raw_x.shape[:2]
     size = ((w + 1) // 2, (h + 1) // 2)
-    # where: mean over the block and the channels of the per-pixel squared difference (16-bit)
-    if fit is None:
-        y_lo = y_hi = raw_y
-    else:
-        affine = np.concatenate([fit[:3].T, 255.0 * fit[6][:, None]], axis=1).astype(np.float32)
-        y_lo = y_hi = cv2.transform(raw_y, affine, dst=scratch.get("cd_fitted", raw_y.shape, np.uint8))
+    # where: mean over the block and the channels of the per-pixel squared difference
+    y_lo = y_hi = fitted
+    if fit is not None:
         lo, hi = cv2.minMaxLoc(raw_y.reshape(h, -1))[:2]
-        if hi == 255:  # B clipped at white: A brighter there is no change
+        m, o = 255.0 * fit[:3].T, 255.0 * fit[6]  # fitted = m @ (y / 255) + o, in grey levels
+        off_lo, off_hi = np.minimum(m, 0).sum(axis=1) - np.minimum(np.diag(m), 0), \
+            np.maximum(m, 0).sum(axis=1) - np.maximum(np.diag(m), 0)
+        # Each rule is skipped when it cannot move |A − fitted B| by more than 2 grey levels (a change
+        # is ~20): B's white (black) maps to ≥ 253 (≤ 2) whatever the other channels are — saturation
+        # did the work.
+        if hi == 255 and (np.diag(m) + off_lo + o < 253.0).any():  # B clipped at white: A brighter is no change
             clipped = cv2.compare(raw_y.reshape(h, -1), 255, cv2.CMP_EQ,  # 255 there, else 0
                                   dst=scratch.get("cd_hi", (h, 3 * w), np.uint8)).reshape(raw_y.shape)
-            y_hi = cv2.max(y_hi, clipped, dst=clipped)
-        if lo == 0:  # B clipped at black: A darker there is no change
+            y_hi = cv2.max(fitted, clipped, dst=clipped)
+        if lo == 0 and (off_hi + o > 2.0).any():  # B clipped at black: A darker is no change
             clipped = cv2.compare(raw_y.reshape(h, -1), 0, cv2.CMP_NE,  # 0 there, else 255
                                   dst=scratch.get("cd_lo", (h, 3 * w), np.uint8)).reshape(raw_y.shape)
-            y_lo = cv2.min(y_lo, clipped, dst=clipped)
+            y_lo = cv2.min(fitted, clipped, dst=clipped)
     if y_lo is y_hi:
         absd = cv2.absdiff(raw_x, y_hi, dst=scratch.get("cd_abs", raw_y.shape, np.uint8))
     else:  # saturating subtractions: at most one of the two is non-zero
         absd = cv2.subtract(raw_x, y_hi, dst=scratch.get("cd_abs", raw_y.shape, np.uint8))
         cv2.add(absd, cv2.subtract(y_lo, raw_x, dst=scratch.get("cd_neg", raw_y.shape, np.uint8)), dst=absd)
-    sq = cv2.LUT(absd, SQUARE_THIRD_LUT, dst=scratch.get("cd_sq", raw_y.shape, np.float32))  # (v/255)²/3
-    own = cv2.transform(sq, np.ones((1, 3), np.float32), dst=scratch.get("cd_own", (h, w), np.float32))
-    own = cv2.resize(own, size, interpolation=cv2.INTER_AREA)  # mean over the block
-    # how much: the Gaussian-blurred signed difference of the fitted 2×2 block means
-    xs = cv2.LUT(cv2.resize(raw_x, size, interpolation=cv2.INTER_AREA), UNIT_LUT)
-    ys = cv2.LUT(cv2.resize(raw_y, size, interpolation=cv2.INTER_AREA), UNIT_LUT)
-    if fit is not None:
-        ys = apply_colour_fit(ys, fit)
-    d = cv2.subtract(xs, ys, dst=xs)
+    sq = cv2.LUT(absd, SQUARE_LUT16, dst=scratch.get("cd_sq", raw_y.shape, np.uint16))
+    own = cv2.resize(sq, size, dst=scratch.get("cd_own3", (size[1], size[0], 3), np.uint16),
+                     interpolation=cv2.INTER_AREA)  # mean over the block, rounded (< 1e-5 of the range)
+    own = cv2.transform(own.astype(np.float32), np.full((1, 3), 1 / (3 * 255.0 ** 2), np.float32))
+    # how much: the Gaussian-blurred signed difference of the 2×2 block means
+    xs = cv2.resize(raw_x, size, interpolation=cv2.INTER_AREA)
+    ys = cv2.resize(fitted, size, interpolation=cv2.INTER_AREA)
+    d = cv2.subtract(xs, ys, dtype=cv2.CV_32F)  # grey levels
     if same is not None:
         d[same] = 0.0
         own[same] = 0.0
-    k = gaussian_kernel1d(sigma / 2).numpy().astype(np.float32)
-    local = cv2.sepFilter2D(d, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT)
-    out = cv2.transform(cv2.multiply(local, local, dst=local), np.full((1, 3), 1 / 3, np.float32))
+    k = gaussian_taps(sigma / 2)
+    local = cv2.sepFilter2D(d, cv2.CV_32F, k, k, dst=d, borderType=cv2.BORDER_REFLECT)
+    out = cv2.transform(cv2.multiply(local, local, dst=local), np.full((1, 3), 1 / (3 * 255.0 ** 2), np.float32))
     np.minimum(out, own, out=out)
     cv2.sqrt(out, out)
     out *= np.float32(1.0 / scale)
@@ -1102,31 +1184,38 @@ class SsimDetector:
 
         p = self.params
         scratch = self._scratch
-        fit = None
         if ca is not None:
             h, w = ca.shape[:2]
-            if p.normalize:
-                fit = colour_fit(None, None, region, raw_x=ca, raw_y=cb)
-            x = grey_unit(ca, None, scratch, "x")
-            y = grey_unit(cb, fit, scratch, "y")
+            fit = colour_fit(None, None, region, raw_x=ca, raw_y=cb) if p.normalize else None
+            fitted = apply_colour_fit_u8(cb, fit, scratch)
+            # grey in uint8 (as the scikit-image recipe's), SSIM in grey levels (data range 255)
+            g8x = cv2.cvtColor(ca, cv2.COLOR_RGB2GRAY, dst=scratch.get("gx", (h, w), np.uint8))
+            g8y = cv2.cvtColor(fitted, cv2.COLOR_RGB2GRAY, dst=scratch.get("gy", (h, w), np.uint8))
+            if same is not None:
+                np.copyto(g8y, g8x, where=same)
+            x, y, data_range = g8x, g8y, 255.0
+            moved = cv2.absdiff(g8x, g8y, dst=scratch.get("moved", (h, w), np.uint8))
+            seed = p.seed_delta * 255.0  # |Δ| > seed_delta on the 1/255 grid
         else:
             h, w = ga.shape
             x = cv2.LUT(ga, UNIT_LUT, dst=scratch.get("x", (h, w), np.float32))
             y = cv2.LUT(gb, UNIT_LUT, dst=scratch.get("y", (h, w), np.float32))
             if p.normalize:
                 y = match_brightness(x, y, region)
-        if same is not None:
-            np.copyto(y, x, where=same)
+            if same is not None:
+                np.copyto(y, x, where=same)
+            data_range = 1.0
+            moved = cv2.absdiff(x, y, dst=scratch.get("moved", (h, w), np.float32))
+            seed = p.seed_delta
         size = ((w + 1) // 2, (h + 1) // 2)
         evidence = None
         if p.grouping == "objects":
-            moved = cv2.absdiff(x, y, dst=scratch.get("moved", (h, w), np.float32))
-            cv2.threshold(moved, p.seed_delta, 1.0, cv2.THRESH_BINARY, dst=moved)
+            cv2.threshold(moved, seed, 1.0, cv2.THRESH_BINARY, dst=moved)
             evidence = cv2.resize(moved, size, interpolation=cv2.INTER_AREA) > 0  # any pixel of the block
-        smap = ssim_map_pyramid(x, y, sigma=p.sigma, data_range=1.0, scratch=scratch)
+        smap = ssim_map_pyramid(x, y, sigma=p.sigma, data_range=data_range, scratch=scratch)
         diff = np.subtract(np.float32(1.0), smap, out=smap)
         if ca is not None and p.colour_scale > 0:
-            col = colour_difference_blocks(ca, cb, fit, COLOUR_BLUR * p.sigma, p.colour_scale, same_m, scratch)
+            col = colour_difference_blocks(ca, cb, fit, fitted, COLOUR_BLUR * p.sigma, p.colour_scale, same_m, scratch)
             if evidence is not None:
                 evidence |= col > np.float32(p.min_threshold)
             np.maximum(diff, col, out=diff)
