@@ -73,7 +73,7 @@ FEATURES = 2500  # ORB / SIFT features per image for align=auto
 # align=auto first asks whether the pair is already aligned: ECC from identity on copies this size
 # at most, fitted where A and B agree — when that agreement covers at least ALIGNED_AGREEMENT of the
 # frame. Corners moving less than NO_MOTION_PX (working-frame pixels) are no camera motion.
-ALIGNED_CHECK_SIDE = 256
+ALIGNED_CHECK_SIDE = 128
 ALIGNED_AGREEMENT = 0.5
 ALIGNED_EDGES = 0.8  # ... and A's edges agree with B's (see `_edges_agree`)
 NO_MOTION_PX = 0.3
@@ -659,13 +659,15 @@ def colour_fit(x: np.ndarray | None, y: np.ndarray | None, region: np.ndarray, i
     fit = prior.copy()
     fit[6] = np.median(xs - ys, axis=1)
     g_all = both @ both.T  # the normal equations' gram matrix and right-hand sides, all samples
+    previous = None
     for _ in range(iterations):
         res = xs - fit.T @ design
         r = np.sqrt(np.einsum("ij,ij->j", res, res))
         out = r > max(3 * 1.4826 * float(np.median(r)), 2 / 255)
         n_inl = n - int(np.count_nonzero(out))
-        if n_inl < 64:
-            break
+        if n_inl < 64 or (previous is not None and np.array_equal(out, previous)):
+            break  # (the same inliers give the same fit: converged)
+        previous = out
         do = both[:, out]  # the outliers are few: take their products off the total
         g = g_all - do @ do.T
         gram, rhs = g[:7, :7], g[:7, 7:]
@@ -889,7 +891,6 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     return out
 
 
-SQUARE_LUT16 = (np.arange(256) ** 2).astype(np.uint16)  # |d| → d² (255² fits in 16 bits)
 # The colour fit's square terms are skipped on the uint8 path when they move no value by more than
 # this many grey levels (the rounding of the uint8 result itself).
 SQUARE_TERM_LEVELS = 1.0
@@ -922,8 +923,8 @@ def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarr
     (`fitted`, `apply_colour_fit_u8`). These passes are memory-bound: a uint8 pass moves a quarter of the bytes
     of a float one.
 
-    The blur (whether the colour changed) is taken on the 2×2 block means of A and fitted B — the
-    same smooth term as `colour_difference`. The cap (where: the pixels' own RMS difference) keeps its
+    The blur (whether the colour changed) is taken on the 4×4 block means of A and fitted B and
+    interpolated to the 2×2 grid — the same smooth term as `colour_difference`. The cap (where: the pixels' own RMS difference) keeps its
     full-resolution statistics: the per-pixel |A − fitted B| is squared (16 bits, exact) and averaged
     over the block and the channels — the mean of the squares, not the square of the mean, so a
     textured or half-covered block keeps its full cap. A channel's difference that clipping explains
@@ -959,20 +960,25 @@ def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarr
     else:  # saturating subtractions: at most one of the two is non-zero
         absd = cv2.subtract(raw_x, y_hi, dst=scratch.get("cd_abs", raw_y.shape, np.uint8))
         cv2.add(absd, cv2.subtract(y_lo, raw_x, dst=scratch.get("cd_neg", raw_y.shape, np.uint8)), dst=absd)
-    sq = cv2.LUT(absd, SQUARE_LUT16, dst=scratch.get("cd_sq", raw_y.shape, np.uint16))
+    sq = scratch.get("cd_sq", raw_y.shape, np.uint16)
+    np.copyto(sq, absd)
+    cv2.multiply(sq, sq, dst=sq)  # 255² fits in 16 bits (a same-type multiply: ~2× a table look-up)
     own = cv2.resize(sq, size, dst=scratch.get("cd_own3", (size[1], size[0], 3), np.uint16),
                      interpolation=cv2.INTER_AREA)  # mean over the block, rounded (< 1e-5 of the range)
     own = cv2.transform(own.astype(np.float32), np.full((1, 3), 1 / (3 * 255.0 ** 2), np.float32))
-    # how much: the Gaussian-blurred signed difference of the 2×2 block means
-    xs = cv2.resize(raw_x, size, interpolation=cv2.INTER_AREA)
-    ys = cv2.resize(fitted, size, interpolation=cv2.INTER_AREA)
+    # how much: the Gaussian-blurred signed difference of the 4×4 block means (σ is 3 px or more: the
+    # blur is smooth on that grid), brought to the 2×2 grid by linear interpolation
+    size4 = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+    xs = cv2.resize(raw_x, size4, interpolation=cv2.INTER_AREA)
+    ys = cv2.resize(fitted, size4, interpolation=cv2.INTER_AREA)
     d = cv2.subtract(xs, ys, dtype=cv2.CV_32F)  # grey levels
-    if same is not None:
-        d[same] = 0.0
+    if same is not None:  # a 4×4 block with any 2×2 block in `same`
         own[same] = 0.0
-    k = gaussian_taps(sigma / 2)
+        d[cv2.resize(same.view(np.uint8) * np.uint8(255), size4, interpolation=cv2.INTER_AREA) > 0] = 0.0
+    k = gaussian_taps(sigma / 4)
     local = cv2.sepFilter2D(d, cv2.CV_32F, k, k, dst=d, borderType=cv2.BORDER_REFLECT)
     out = cv2.transform(cv2.multiply(local, local, dst=local), np.full((1, 3), 1 / (3 * 255.0 ** 2), np.float32))
+    out = cv2.resize(out, size, interpolation=cv2.INTER_LINEAR)
     np.minimum(out, own, out=out)
     cv2.sqrt(out, out)
     out *= np.float32(1.0 / scale)
@@ -1189,7 +1195,8 @@ class SsimDetector:
             fit = colour_fit(None, None, region, raw_x=ca, raw_y=cb) if p.normalize else None
             fitted = apply_colour_fit_u8(cb, fit, scratch)
             # grey in uint8 (as the scikit-image recipe's), SSIM in grey levels (data range 255)
-            g8x = cv2.cvtColor(ca, cv2.COLOR_RGB2GRAY, dst=scratch.get("gx", (h, w), np.uint8))
+            g8x = ga if ga is not None else cv2.cvtColor(ca, cv2.COLOR_RGB2GRAY,
+                                                         dst=scratch.get("gx", (h, w), np.uint8))
             g8y = cv2.cvtColor(fitted, cv2.COLOR_RGB2GRAY, dst=scratch.get("gy", (h, w), np.uint8))
             if same is not None:
                 np.copyto(g8y, g8x, where=same)
