@@ -659,6 +659,8 @@ def colour_fit(x: np.ndarray | None, y: np.ndarray | None, region: np.ndarray, i
     fit = prior.copy()
     fit[6] = np.median(xs - ys, axis=1)
     g_all = both @ both.T  # the normal equations' gram matrix and right-hand sides, all samples
+    # per output channel, ridge weights per sample (+1e-6: a flat image makes even the free terms collinear)
+    ridge = [np.diag([RIDGE * (i != c) + 1e-6 for i in range(3)] + [RIDGE] * 3 + [1e-6]) for c in range(3)]
     previous = None
     for _ in range(iterations):
         res = xs - fit.T @ design
@@ -672,8 +674,7 @@ def colour_fit(x: np.ndarray | None, y: np.ndarray | None, region: np.ndarray, i
         g = g_all - do @ do.T
         gram, rhs = g[:7, :7], g[:7, 7:]
         for c in range(3):  # channel c's own gain and the offset are free; the rest is pulled to 0
-            # (+1e-6: a flat image makes even the free terms collinear)
-            lam = n_inl * np.diag([RIDGE * (i != c) + 1e-6 for i in range(3)] + [RIDGE] * 3 + [1e-6])
+            lam = n_inl * ridge[c]
             fit[:, c] = np.linalg.solve(gram + lam, rhs[:, c] + lam @ prior[:, c])
     if np.abs(fit - prior).max() < 1e-3 and np.abs(fit[6]).max() < 0.5 / 255:
         return None
@@ -1064,7 +1065,7 @@ class SsimDetector:
         notes: list[str] = []
         H = np.eye(3)
         align_used = "none"
-        valid = np.ones((h, w), dtype=bool)
+        valid = None  # pixels B covers after the warp; None: all
         if self.align != "none":
             if self.align == "auto":
                 H, align_used, notes = auto_homography(ga, gb)
@@ -1087,8 +1088,11 @@ class SsimDetector:
         t_align = time.perf_counter()
 
         # 3-4. normalisation and difference map (on the map grid: every pixel, or every 2nd one)
-        same = ~valid if ign is None else (~valid | ign)
-        masked = bool(same.any())
+        if valid is None:
+            same = ign if ign is not None else np.zeros((h, w), bool)
+        else:
+            same = ~valid if ign is None else (~valid | ign)
+        masked = ign is not None or bool(same.any())
         region = ~same
         stride = self._map_stride(w, h)
         if stride == 1:
