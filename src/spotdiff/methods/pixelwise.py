@@ -273,7 +273,8 @@ class Scratch(threading.local):
 
 class Copies:
     """Downsized copies of two same-size grey images for the registration steps, each size made once
-    (INTER_AREA, from the nearest larger copy): ECC, the features and the misfit all ask for them."""
+    (INTER_AREA; by halvings while the target is at most half: OpenCV's fast path, ~3× faster than
+    one step of 4× or 8×): ECC, the features and the misfit all ask for them."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
         self.a, self.b = a, b
@@ -286,12 +287,17 @@ class Copies:
         h, w = self.a.shape
         s = min(1.0, max_side / max(h, w))
         size = (max(8, round(w * s)), max(8, round(h * s)))
-        if size not in self.made:
-            src = min((k for k in self.made if k[0] >= size[0] and k[1] >= size[1]), key=lambda k: k[0] * k[1],
-                      default=(w, h))
-            sa, sb = self.made.get(src, (self.a, self.b))
-            self.made[size] = (cv2.resize(sa, size, interpolation=cv2.INTER_AREA),
-                               cv2.resize(sb, size, interpolation=cv2.INTER_AREA))
+        src = (w, h)
+        while size not in self.made:
+            if src[0] >= 2 * size[0] and src[1] >= 2 * size[1]:
+                step = (src[0] // 2, src[1] // 2)
+            else:
+                step = size
+            if step not in self.made:
+                sa, sb = self.made[src]
+                self.made[step] = (cv2.resize(sa, step, interpolation=cv2.INTER_AREA),
+                                   cv2.resize(sb, step, interpolation=cv2.INTER_AREA))
+            src = step
         return (*self.made[size], size)
 
 
@@ -970,8 +976,9 @@ def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarr
     # how much: the Gaussian-blurred signed difference of the 4×4 block means (σ is 3 px or more: the
     # blur is smooth on that grid), brought to the 2×2 grid by linear interpolation
     size4 = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-    xs = cv2.resize(raw_x, size4, interpolation=cv2.INTER_AREA)
-    ys = cv2.resize(fitted, size4, interpolation=cv2.INTER_AREA)
+    # two halvings: INTER_AREA by 2 is OpenCV's fast path (by 4 in one step is ~3× slower)
+    xs = cv2.resize(cv2.resize(raw_x, size, interpolation=cv2.INTER_AREA), size4, interpolation=cv2.INTER_AREA)
+    ys = cv2.resize(cv2.resize(fitted, size, interpolation=cv2.INTER_AREA), size4, interpolation=cv2.INTER_AREA)
     d = cv2.subtract(xs, ys, dtype=cv2.CV_32F)  # grey levels
     if same is not None:  # a 4×4 block with any 2×2 block in `same`
         own[same] = 0.0
