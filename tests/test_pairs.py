@@ -125,6 +125,37 @@ def test_pair_dataset_items_follow_the_contract(manifest_path):
     assert isinstance(batch["boxes_a"], list) and len(batch["pair_ids"]) == 2
 
 
+def test_working_resolution_keeps_every_change_and_the_boxes(manifest_path):
+    """Augmenting at 2×S instead of the source resolution: same objects, boxes within a pixel at S."""
+    import cv2
+
+    from spotdiff.data.pairs_dataset import working_resolution
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    b = a.copy()
+    masks = np.zeros((2, 200, 300), dtype=bool)
+    masks[0, 50:150, 40:200] = True
+    masks[1, 101, 250] = True  # one source pixel: a change that area averaging alone would erase
+    small_a, small_b, small_masks = working_resolution(a, b, masks, 128)
+    assert small_a.shape == small_b.shape == (85, 128, 3)
+    assert np.array_equal(small_a, cv2.resize(a, (128, 85), interpolation=cv2.INTER_AREA))
+    assert small_masks.shape == (2, 85, 128) and small_masks[1].any()
+    assert abs(small_masks[0].sum() / masks[0].sum() - (128 / 300) ** 2) < 0.02
+    for side in (0, 300, 400):  # off, or the source is already small enough: untouched
+        same = working_resolution(a, b, masks, side)
+        assert same[0] is a and same[2] is masks
+
+    # the fixture images are 64×80: at S = 24 the working frame is 48 px long, the source 80
+    off = PairDataset(manifest_path, "val", 24, AugmentParams(enabled=False, work_scale=0), seed=0)
+    on = PairDataset(manifest_path, "val", 24, AugmentParams(enabled=False, work_scale=2.0), seed=0)
+    for i in range(len(off)):
+        x, y = off[i], on[i]
+        assert len(x["boxes_a"]) == len(y["boxes_a"]) and len(x["boxes_b"]) == len(y["boxes_b"])
+        assert (x["boxes_a"] - y["boxes_a"]).abs().max() <= 1.0
+        assert (x["image_a"] - y["image_a"]).abs().mean() < 0.05
+
+
 def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2},

@@ -111,8 +111,14 @@ class AugmentParams:
     scale_min: float = 0.8
     scale_max: float = 1.5
     max_resample: int = 20
+    # Augment at this multiple of the model's input side (the source's long side brought down to
+    # work_scale × S first, never up); 0 = at the source's own resolution. The boxes are still the
+    # tight boxes of the warped masks, at a resolution finer than the model's input.
+    work_scale: float = 2.0
 
     def validate(self, key: str) -> None:
+        _check(self.work_scale == 0 or self.work_scale >= 1, f"{key}.work_scale", "0 (off) or >= 1",
+               self.work_scale)
         _check(0 <= self.jitter <= 0.5, f"{key}.jitter", "in [0, 0.5]", self.jitter)
         _check(0 <= self.rotation_deg <= 180, f"{key}.rotation_deg", "in [0, 180]", self.rotation_deg)
         _check(0 <= self.translate < 1, f"{key}.translate", "in [0, 1)", self.translate)

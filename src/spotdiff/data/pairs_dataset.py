@@ -71,9 +71,37 @@ class PairDataset(Dataset):
             rng = self._rng(index)
         entry = self.entries[index]
         image_a, image_b, masks = load_pair_source(entry, self.source)
+        image_a, image_b, masks = working_resolution(image_a, image_b, masks,
+                                                     self.augmenter.params.work_scale * self.image_size)
         pair = self.augmenter(image_a, image_b, masks, rng=rng, strength=strength)
         return {"image_a": pair.image_a.float().contiguous(), "image_b": pair.image_b.float().contiguous(),
                 "boxes_a": pair.boxes_a, "boxes_b": pair.boxes_b, "pair_id": str(entry["id"])}
+
+
+def working_resolution(image_a: np.ndarray, image_b: np.ndarray, masks: np.ndarray,
+                       long_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pair brought down (area averaging) so its long side is `long_side`; unchanged when 0 or smaller.
+
+    Masks: a pixel belongs to an object when at least half of its area did; an object that would
+    vanish keeps every pixel it touches (a change of a few source pixels is still a change).
+    """
+    import cv2
+
+    h, w = image_a.shape[:2]
+    scale = long_side / max(h, w) if long_side > 0 else 1.0
+    if scale >= 1.0:
+        return image_a, image_b, masks
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small_a = cv2.resize(image_a, size, interpolation=cv2.INTER_AREA)
+    small_b = cv2.resize(image_b, size, interpolation=cv2.INTER_AREA)
+    masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
+    small_masks = np.zeros((masks.shape[0], size[1], size[0]), dtype=bool)
+    for k, mask in enumerate(masks):
+        cover = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        small_masks[k] = cover >= 0.5
+        if not small_masks[k].any():
+            small_masks[k] = cover > 0
+    return small_a, small_b, small_masks
 
 
 def collate_pairs(items: list[dict]) -> dict:
