@@ -28,8 +28,9 @@ on the same cores) is spread evenly over all of them. OpenCV and torch use the s
 (`--threads`, default 2) for ours and the reference (scikit-image's filters are single-threaded
 either way). The 1-minute load average is recorded before and after.
 
-Goal: "same work" ≥ 10× faster than the reference with the same boxes, and "new defaults, no
-registration" ≥ 10× faster than the reference.
+Goal (F8, F10): "new defaults" — the default detector end to end, registration included — ≥ 10×
+faster than the reference at both sizes; "same work" must give the reference's boxes (its ratio is
+reported: the like-for-like figure).
 
     .venv/bin/python benchmarks/bench_ssim.py [--sizes 1024 4096] [--repeats 7] [--threads 2]
 """
@@ -198,16 +199,17 @@ def main() -> int:
             "seconds_median": medians["registration, moved"], "working_side": w,
             "method": results["registration, moved"][1]}
         row["speedup_registration_included"] = t_ref / medians["new defaults"]
-        ok = (row["ours"]["same work"]["boxes"]["same_boxes"] and row["ours"]["same work"]["speedup"] >= 10
-              and row["ours"]["new defaults, no registration"]["speedup"] >= 10)
+        # The goal (F8, F10): the default detector, registration included, >= 10x the recipe; the
+        # like-for-like "same work" row must give the reference's boxes (its ratio is reported).
+        ok = (row["ours"]["same work"]["boxes"]["same_boxes"] and row["ours"]["new defaults"]["speedup"] >= 10)
         row["goal_met"] = bool(ok)
         all_ok &= ok
         rows.append(row)
 
     result = {
         "benchmark": "ssim_detector_vs_skimage_opencv_recipe",
-        "goal": "'same work' >= 10x faster than the reference with the same boxes; 'new defaults, no "
-                "registration' >= 10x faster than the reference",
+        "goal": "'new defaults' (registration included) >= 10x faster than the reference; 'same work' "
+                "gives the reference's boxes",
         "timing": "interleaved rounds, median", "rounds": args.repeats,
         "rows": rows,
         "machine": {"python": platform.python_version(),
@@ -236,7 +238,7 @@ def main() -> int:
             print(f"{'':>6} {name:<30} {reg['method']:<7} {reg['working_side']:>8} {reg['seconds_median']:>9.3f}")
     print(f"threads {args.threads} (OpenCV and torch) | load average 1 min {result['machine']['load_average_1m_before']}"
           f" before, {result['machine']['load_average_1m_after']} after | median of {args.repeats} interleaved rounds")
-    print("goal (same work >= 10x with the same boxes; new defaults without registration >= 10x): "
+    print("goal (new defaults, registration included, >= 10x; same work gives the reference's boxes): "
           f"{'met' if all_ok else 'NOT met'}")
     print(f"wrote {RESULTS}")
     return 0 if all_ok else 1

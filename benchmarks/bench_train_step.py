@@ -31,8 +31,8 @@ import torch
 
 from _timing import interleaved_medians, machine, machine_line  # benchmarks/ is on sys.path
 from spotdiff.fsutil import write_json_atomic
-from spotdiff.models.cyws import CYWS
-from spotdiff.params import DEFAULT_PARAMS_PATH, Params, load_params
+from spotdiff.models.cyws import CYWS, DECODER_CHANNELS
+from spotdiff.params import DEFAULT_PARAMS_PATH, Params, load_params, to_flat_dict
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,14 +86,25 @@ class Step:
         return float(loss.detach())
 
 
+REFERENCE_WIDTHS = "reference decoder widths, "
+
+
 def bench_steps(params: Params, device: str, variants: list[str], repeats: int) -> list[dict]:
+    """Median s/step of fp32 eager and each variant, interleaved. When the profile narrows the decoder
+    (`model.decoder_channels`), the same model with the reference widths runs too (variants prefixed
+    "reference decoder widths, "): the profile's step before that change, in the same run."""
     torch.manual_seed(params.train.seed)
     base = CYWS.from_params(params.model)
     size, batch_size = params.model.image_size, params.train.batch_size
     batch = random_batch(batch_size, size, device)
+    reference = None
+    if tuple(params.model.decoder_channels) != tuple(DECODER_CHANNELS):
+        reference = CYWS.from_params({**to_flat_dict(params.model), "decoder_channels": DECODER_CHANNELS})
+        variants = [*variants, REFERENCE_WIDTHS + "fp32", REFERENCE_WIDTHS + "bf16"]
     steps, first_call = {}, {}
     for variant in ["fp32", *variants]:
-        step = Step(base, variant, params.train.lr, params.train.weight_decay, device, batch)
+        model = reference if variant.startswith(REFERENCE_WIDTHS) else base
+        step = Step(model, variant, params.train.lr, params.train.weight_decay, device, batch)
         t0 = time.perf_counter()
         loss0 = step()  # warm-up (compiles for "compile" variants)
         first_call[variant] = {"first_step_s": round(time.perf_counter() - t0, 2), "first_loss": loss0}
@@ -102,8 +113,9 @@ def bench_steps(params: Params, device: str, variants: list[str], repeats: int) 
     rows = []
     for variant in steps:
         s = medians[variant]
+        widths = DECODER_CHANNELS if variant.startswith(REFERENCE_WIDTHS) else params.model.decoder_channels
         rows.append({"device": device, "variant": variant, "batch": batch_size, "image_size": size,
-                     "backbone": params.model.backbone, "s_per_step": s, "pairs_per_s": batch_size / s,
+                     "backbone": params.model.backbone, "decoder_channels": list(widths), "s_per_step": s, "pairs_per_s": batch_size / s,
                      "speedup_vs_fp32": medians["fp32"] / s, "repeats": repeats, **first_call[variant]})
     return rows
 
@@ -192,8 +204,15 @@ def main() -> int:
                        f"{loader_rows[0]['pairs_per_s'] / fastest_step:.1f}× the fastest CPU step's need")
         print(loader_note)
 
-    cpu = [r for r in rows if r["device"] == "cpu" and r["variant"] != "fp32"]
+    cpu = [r for r in rows if r["device"] == "cpu" and r["variant"] != "fp32"
+           and not r["variant"].startswith(REFERENCE_WIDTHS)]
     best = max(cpu, key=lambda r: r["speedup_vs_fp32"])
+    ref = {r["variant"][len(REFERENCE_WIDTHS):]: r for r in rows
+           if r["device"] == "cpu" and r["variant"].startswith(REFERENCE_WIDTHS)}
+    if ref:
+        for name, r in ref.items():
+            print(f"profile's fastest ({best['variant']}) vs the reference widths in {name}: "
+                  f"{r['s_per_step'] / best['s_per_step']:.2f}×")
     print(f"fastest CPU variant: {best['variant']} {best['speedup_vs_fp32']:.2f}× fp32 (goal ≥ {GOAL}×)")
     write_json_atomic(RESULTS, {
         "benchmark": "cyws_train_step_throughput", "rows": rows, "loader": loader_rows,
