@@ -5,7 +5,8 @@ temp folder, reuses this checkout's `.venv` (its bin/ first on PATH, the clone's
 PYTHONPATH so the clone's own code runs — nothing is reinstalled), and times in one run:
   1. `dvc repro` there (every stage: no DVC cache in a fresh clone), with each stage's share taken
      from the time its "Running stage" line appeared;
-  2. `dvc repro` again, which must find everything up to date (the no-op).
+  2. `dvc repro` again, which must find everything up to date (the no-op);
+and compares every output's md5 with the committed dvc.lock (is the model reproduced bit for bit?).
 Goals: the first ≤ 10 min on 2 cores, the no-op ≤ 5 s. Writes benchmarks/results/dvc_repro.json.
 
     .venv/bin/python benchmarks/bench_dvc_repro.py [--dry] [--set train.max_steps=5 ...] [--keep]
@@ -74,6 +75,26 @@ def set_params(params_file: Path, overrides: list[str]) -> None:
     params_file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def lock_outputs(text: str) -> dict[str, str]:
+    """`{path: md5}` of every stage output in a dvc.lock."""
+    lock = yaml.safe_load(text) or {}
+    return {out["path"]: out.get("md5", "") for stage in (lock.get("stages") or {}).values()
+            for out in stage.get("outs", [])}
+
+
+def compare_outputs(clone: Path) -> dict[str, bool]:
+    """For each output of the committed dvc.lock: does the fresh repro's dvc.lock give it the same md5?
+
+    (registry/registration.json and the MLflow-side files differ by design: version numbers, run ids.)
+    """
+    committed = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=clone, capture_output=True, text=True)
+    if committed.returncode != 0:
+        return {}
+    before = lock_outputs(committed.stdout)
+    after = lock_outputs((clone / "dvc.lock").read_text())
+    return {path: after.get(path) == md5 for path, md5 in before.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="clone + set-up checks + `dvc status` only")
@@ -111,6 +132,7 @@ def main() -> int:
             print(tail)
             print(f"dvc repro failed (exit {code}) after {full_s:.0f} s")
             return 1
+        same = compare_outputs(clone)
         noop_s, noop_code, noop_stages, noop_tail = timed_run([dvc, "repro"], clone, env)
         marks = stages + [(full_s, "")]
         per_stage = {name: round(marks[i + 1][0] - t, 1) for i, (t, name) in enumerate(stages)}
@@ -125,9 +147,14 @@ def main() -> int:
         print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in per_stage.items()))
         if noop_stages:
             print(f"note: the second repro ran {[s for _, s in noop_stages]}: not a no-op\n{noop_tail}")
+        model = same.get("models/cyws.pt")
+        print(f"outputs with the committed dvc.lock's md5: {sum(same.values())}/{len(same)}; models/cyws.pt "
+              f"{'the same bytes (reproduced bit for bit)' if model else 'DIFFERENT from the committed model'}"
+              if model is not None else "models/cyws.pt: not in the committed dvc.lock")
         print(machine_line(info))
         write_json_atomic(RESULTS, {"benchmark": "dvc_repro_fresh_clone_and_noop", "commit": head,
                                     "overrides": args.overrides, "clone_s": clone_s, "rows": rows,
+                                    "same_md5_as_committed_lock": same,
                                     "machine": info, "command": "python benchmarks/bench_dvc_repro.py"
                                     + "".join(f" --set {o}" for o in args.overrides)})
         print(f"wrote {RESULTS}")
