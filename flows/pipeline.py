@@ -277,7 +277,7 @@ def spotdiff_pipeline(
     force: bool = False,
     retry_delay_seconds: float = 30.0,
     report: str = "eval/report.md",
-    train_info: str = "models/train.json",
+    train_info: str = "models/train_run.json",
     registration: str = "registry/registration.json",
 ) -> dict:
     """Reproduce the DVC pipeline stage by stage and publish the evaluation as a markdown artifact.

@@ -18,7 +18,6 @@ from PIL import Image
 from spotdiff.boxes import iou_matrix
 from spotdiff.cli import main
 from spotdiff.detect import detect_pair
-
 from test_imageio import png_header_only
 
 PASTE = (300, 200, 400, 280)
@@ -237,9 +236,10 @@ def test_cyws_through_the_seam(pair, capsys, tmp_path):
     """The learned method behind the same front door (an untrained network: only the plumbing counts)."""
     cyws = pytest.importorskip("spotdiff.models.cyws")
     pytest.importorskip("spotdiff.methods.learned")
+    from spotdiff.models.checkpoint import save_model
     from spotdiff.params import ModelParams
 
-    cyws.save_model(cyws.CYWS.from_params(ModelParams()), tmp_path / "tiny.pt")
+    save_model(cyws.CYWS.from_params(ModelParams()), tmp_path / "tiny.pt")
     a, b, _ = pair
     rc, _, err = _run(["detect", a, b, "--method", "cyws", "--model", "tiny.pt", "--top-k", "3",
                        "--json", "r.json", "--out", "o"], capsys)

@@ -41,9 +41,10 @@ def repo(tmp_path_factory):
     import mlflow
     import torch
 
-    from spotdiff.models.cyws import CYWS, save_model
+    from spotdiff.models.checkpoint import save_model
+    from spotdiff.models.cyws import CYWS
     from spotdiff.params import load_params
-    from spotdiff.registry import register_checkpoint
+    from spotdiff.stages.register import run as register
     from spotdiff.tracking import setup_mlflow
 
     root = tmp_path_factory.mktemp("repo")
@@ -61,15 +62,16 @@ def repo(tmp_path_factory):
         with mlflow.start_run() as run:
             mlflow.log_metric("train/loss", 1.0)
         (root / "models").mkdir()
-        (root / "models/train.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+        (root / "models/train_run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
         (root / "eval").mkdir()
         for ap, boxes in ((0.30, CHAMPION_BOXES), (0.30, CHALLENGER_BOXES)):
             torch.manual_seed(0)
             save_model(CYWS(backbone="resnet18", attention_layers=1, scse=False, image_size=64,
                             max_boxes=boxes), root / "models/cyws.pt")
             (root / "eval/metrics.json").write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": ap}}}}))
-            register_checkpoint(params, root / "models/cyws.pt", root / "models/train.json",
-                                root / "eval/metrics.json", root / "registry/registration.json", root=root)
+            register(params, root / "models/cyws.pt", root / "models/train_run.json",
+                     root / "eval/metrics.json", root / "registry/registered.json",
+                     record=root / "registry/registration.json", root=root)
         (root / "models/cyws.pt").unlink()  # only the registry can answer now
         uri = mlflow.get_tracking_uri()
     finally:

@@ -39,7 +39,8 @@ def standins(tmp_path_factory) -> Path:
 def tiny_model(tmp_path_factory) -> Path:
     import torch
 
-    from spotdiff.models.cyws import CYWS, save_model
+    from spotdiff.models.checkpoint import save_model
+    from spotdiff.models.cyws import CYWS
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "cyws.pt"
@@ -69,8 +70,8 @@ def _training_run(params_path: Path) -> str:
 def test_stage_on_standins(standins, tiny_model, mlflow_store, capsys):
     from mlflow.tracking import MlflowClient
 
+    from spotdiff.metricsfile import flatten_metrics
     from spotdiff.params import RegisterParams
-    from spotdiff.registry import flatten_metrics
 
     tmp = mlflow_store
     params = _params(tmp / "params.yaml", tmp)

@@ -84,8 +84,9 @@ TRAIN = textwrap.dedent("""\
     import json, os, yaml
     epochs = yaml.safe_load(open("params.yaml"))["train"]["max_epochs"]
     os.makedirs("models", exist_ok=True)
+    json.dump({"epochs": epochs}, open("models/train.json", "w"))
     json.dump({"mlflow_run_id": "0123456789abcdef", "mlflow_experiment_id": "7",
-               "tracking_uri": "http://127.0.0.1:5999", "epochs": epochs}, open("models/train.json", "w"))
+               "tracking_uri": "http://127.0.0.1:5999"}, open("models/train_run.json", "w"))
     """)
 
 EVALUATE = textwrap.dedent("""\

@@ -8,7 +8,8 @@ import torch
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.learned import CywsDetector, suppress
-from spotdiff.models.cyws import CYWS, save_model
+from spotdiff.models.checkpoint import save_model
+from spotdiff.models.cyws import CYWS
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from spotdiff.models.centernet import (
     decode,
     gaussian_radius,
 )
+from spotdiff.models.checkpoint import load_model, save_model
 from spotdiff.models.coattention import CoAttention, NoAttention
-from spotdiff.models.cyws import CYWS, load_model, save_model
+from spotdiff.models.cyws import CYWS
 from spotdiff.models.decoder import UnetDecoder
 from spotdiff.models.encoder import ResNetEncoder
 

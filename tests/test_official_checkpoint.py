@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from spotdiff.models import official
-from spotdiff.models.cyws import CYWS, load_model
+from spotdiff.models.checkpoint import load_model
+from spotdiff.models.cyws import CYWS
 
 SIZE = 128  # test input (R50 at 256 costs ~1 s a forward on the CPU; the wiring is the same)
 

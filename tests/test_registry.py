@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.registry import decide, flatten_metrics
+from spotdiff.metricsfile import flatten_metrics
+from spotdiff.registry.rule import decide
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
@@ -66,7 +67,7 @@ def workspace(tmp_path: Path, monkeypatch):
     with mlflow.start_run() as run:
         mlflow.log_metric("train/loss", 1.0)
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "train.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    (tmp_path / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
     try:
         yield {"root": tmp_path, "params": params, "run_id": run.info.run_id}
     finally:
@@ -85,7 +86,8 @@ def _write_metrics(root: Path, ap50: float) -> Path:
 def _write_model(root: Path) -> Path:
     import torch
 
-    from spotdiff.models.cyws import CYWS, save_model
+    from spotdiff.models.checkpoint import save_model
+    from spotdiff.models.cyws import CYWS
 
     torch.manual_seed(0)
     model = CYWS(backbone="resnet18", attention="coam", attention_layers=1, scse=False, image_size=64,
@@ -95,15 +97,16 @@ def _write_model(root: Path) -> Path:
     return path
 
 
-def _register(ws: dict, ap50: float) -> dict:
-    from spotdiff.registry import register_checkpoint
+def _register(ws: dict, ap50: float, run_info: str = "models/train_run.json", warn=None) -> dict:
+    from spotdiff.stages import register as stage
 
     root = ws["root"]
     model = root / "models" / "cyws.pt"
     if not model.exists():
         _write_model(root)
-    return register_checkpoint(ws["params"], model, root / "models/train.json", _write_metrics(root, ap50),
-                               root / "registry/registration.json")
+    return stage.run(ws["params"], model, root / run_info, _write_metrics(root, ap50),
+                     root / "registry/registered.json", record=root / "registry/registration.json",
+                     warn=warn or (lambda line: None))
 
 
 # ---------------------------------------------------------------- pure logic
@@ -131,36 +134,70 @@ def test_champion_rule():
 
 
 def test_register_reports_missing_inputs_clearly(workspace):
-    from spotdiff.registry import register_checkpoint
+    from spotdiff.stages.register import run as register
 
     root, params = workspace["root"], workspace["params"]
-    out = root / "registry/registration.json"
+    out, record = root / "registry/registered.json", root / "registry/registration.json"
+    run_info = root / "models/train_run.json"
     metrics = _write_metrics(root, 0.2)
     with pytest.raises(SpotdiffError, match="trained model not found"):
-        register_checkpoint(params, root / "models/nope.pt", root / "models/train.json", metrics, out)
+        register(params, root / "models/nope.pt", run_info, metrics, out)
     model = root / "models" / "cyws.pt"
     model.write_bytes(b"not used before the checks")
-    with pytest.raises(SpotdiffError, match="training summary not found"):
-        register_checkpoint(params, model, root / "models/none.json", metrics, out)
-    (root / "models/bad.json").write_text("{}")
-    with pytest.raises(SpotdiffError, match="no mlflow_run_id"):
-        register_checkpoint(params, model, root / "models/bad.json", metrics, out)
     with pytest.raises(SpotdiffError, match="evaluation metrics not found"):
-        register_checkpoint(params, model, root / "models/train.json", root / "eval/none.json", out)
+        register(params, model, run_info, root / "eval/none.json", out)
     (root / "eval/other.json").write_text(json.dumps({"ssim": {"x": 1.0}}))
     with pytest.raises(SpotdiffError, match="no metric cyws/coco_inpainted/all/ap50"):
-        register_checkpoint(params, model, root / "models/train.json", root / "eval/other.json", out)
+        register(params, model, run_info, root / "eval/other.json", out)
     (root / "eval/null.json").write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": None}}}}))
     with pytest.raises(SpotdiffError, match="is null"):
-        register_checkpoint(params, model, root / "models/train.json", root / "eval/null.json", out)
+        register(params, model, run_info, root / "eval/null.json", out)
     (root / "models/ghost.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
     with pytest.raises(SpotdiffError, match="is not in the tracking store"):
-        register_checkpoint(params, model, root / "models/ghost.json", metrics, out)
-    assert not out.exists()
+        register(params, model, root / "models/ghost.json", metrics, out)
+    (root / "models/bad.json").write_text("{not json")
+    with pytest.raises(SpotdiffError, match="not valid JSON"):
+        register(params, model, root / "models/bad.json", metrics, out)
+    assert not out.exists() and not record.exists()
+
+
+@needs_detector
+def test_register_without_the_training_run_logs_into_a_new_run(workspace):
+    """Training restored from DVC's run cache leaves no train_run.json: the model still registers,
+    into a run of its own tagged with the model's md5, and the user is told."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    warnings: list[str] = []
+    result = _register(workspace, 0.3, run_info="models/missing.json", warn=warnings.append)
+    assert len(warnings) == 1 and "not found" in warnings[0] and "new MLflow run" in warnings[0]
+    assert result["version"] == 1 and result["mlflow_run_id"] != workspace["run_id"]
+    run = MlflowClient(mlflow.get_tracking_uri()).get_run(result["mlflow_run_id"])
+    model_md5 = json.loads((workspace["root"] / "registry/registered.json").read_text())["model_md5"]
+    assert run.data.tags["spotdiff.model_md5"] == model_md5
+    # A run record naming another model is not trusted either.
+    (workspace["root"] / "models/other.json").write_text(json.dumps(
+        {"mlflow_run_id": workspace["run_id"], "model_md5": "f" * 32}))
+    warnings.clear()
+    again = _register(workspace, 0.3, run_info="models/other.json", warn=warnings.append)
+    assert "describes another model" in warnings[0] and again["mlflow_run_id"] != workspace["run_id"]
+
+
+def test_registered_json_is_the_same_bytes_for_the_same_model(workspace):
+    """The DVC output of the register stage holds no version, run id or time: a fresh clone's
+    `dvc repro` must reproduce dvc.lock."""
+    root = workspace["root"]
+    _register(workspace, 0.3)
+    first = (root / "registry/registered.json").read_bytes()
+    record = json.loads((root / "registry/registration.json").read_text())
+    second_result = _register(workspace, 0.3)
+    assert (root / "registry/registered.json").read_bytes() == first
+    assert second_result["version"] == record["version"] + 1  # the store changed; the output did not
+    assert second_result["decision"] == "kept"  # the same value is no improvement (margin 0)
 
 
 def test_promote_rejects_unknown_version(workspace):
-    from spotdiff.registry import promote_version
+    from spotdiff.registry.versions import promote_version
 
     with pytest.raises(SpotdiffError, match="version 7: not in the registry"):
         promote_version(workspace["params"], "7")

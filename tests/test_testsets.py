@@ -1,4 +1,4 @@
-"""Test-set readers on fixtures laid out as DESIGN §4 describes, refusal of malformed and unsafe files,
+"""Test-set readers on fixtures laid out in the published formats, refusal of malformed and unsafe files,
 the SHA512-verified download (local http.server), the stand-ins round-tripping through the readers,
 and the `spotdiff testsets` command."""
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from spotdiff.cli import main
-from spotdiff.models.cyws import load_model
+from spotdiff.models.checkpoint import load_model
 
 TINY = {
     "data": {"num_images": 8, "image_width": 128, "image_height": 96, "min_objects": 2, "max_objects": 3},
@@ -60,7 +60,7 @@ def test_train_writes_model_and_mlflow_history(tiny_pairs, tmp_path, tracking):
     assert (out / "val_predictions.png").stat().st_size > 0
 
     client = mlflow.MlflowClient(tracking_uri=tracking)
-    run_id = summary["mlflow_run_id"]
+    run_id = json.loads((out / "train_run.json").read_text())["mlflow_run_id"]
     for key in ("val/loss", "val/size", "val/ap50"):
         history = client.get_metric_history(run_id, key)
         assert len(history) == 2, key  # one value per validation (here: per epoch)

@@ -18,7 +18,8 @@ from spotdiff.cli import main
 from spotdiff.data.pairs_dataset import AffineCurriculum, CurriculumSampler, PairDataset
 from spotdiff.data.transforms import PairAugmenter
 from spotdiff.params import AugmentParams, TrainParams, params_from_dict
-from spotdiff.training import WarmupCosine, apply_threads, physical_cores
+from spotdiff.training.lit import WarmupCosine
+from spotdiff.training.threads import apply_threads, physical_cores
 
 TINY = {
     "data": {"num_images": 8, "image_width": 128, "image_height": 96, "min_objects": 2, "max_objects": 3},
@@ -134,9 +135,14 @@ def test_step_budget_schedule_and_val_ap_in_mlflow(tiny_pairs, tmp_path, monkeyp
     finally:
         torch.set_num_threads(before)
     summary = json.loads((tmp_path / "models" / "train.json").read_text())
-    assert summary["steps"] == 4 and summary["threads"] == 1 and summary["monitor"] == "val/ap50"
+    run_info = json.loads((tmp_path / "models" / "train_run.json").read_text())
+    assert summary["steps"] == 4 and run_info["threads"] == 1 and summary["monitor"] == "val/ap50"
+    # train.json is a DVC output: nothing in it may change from run to run but the model's figures.
+    assert not {"seconds", "threads", "mlflow_run_id", "tracking_uri"} & set(summary)
+    assert run_info["seconds"] > 0 and run_info["cpu_seconds"] > 0
     client = mlflow.MlflowClient(tracking_uri=uri)
-    run_id = summary["mlflow_run_id"]
+    run_id = run_info["mlflow_run_id"]
+    assert client.get_run(run_id).data.tags["spotdiff.model_md5"] == run_info["model_md5"]
     ap = client.get_metric_history(run_id, "val/ap50")
     assert [m.step for m in ap] == [1, 3] or len(ap) == 2  # one per validation (Lightning's step index)
     assert all(0.0 <= m.value <= 1.0 for m in ap)

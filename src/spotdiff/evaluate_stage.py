@@ -578,7 +578,7 @@ def evaluate(params: Params, model: Path | str, train_info: Path | None, testset
             echo(f"  {m} {testset}: AP@{cfg.iou_threshold:g} {_fmt(ap)}")
 
     if run_id:
-        from spotdiff.registry import flatten_metrics  # the register stage reads metrics.json the same way
+        from spotdiff.metricsfile import flatten_metrics  # the register stage reads metrics.json the same way
 
         flat = flatten_metrics(metrics)
         for r in results:

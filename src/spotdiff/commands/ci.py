@@ -64,8 +64,8 @@ def check_floor(
     metrics: Path = typer.Option(Path("eval/metrics.json"), help="the evaluate stage's metrics"),
 ) -> None:
     """Fail (exit 2) when the primary AP in the metrics falls below `register.ap_floor`."""
+    from spotdiff.metricsfile import flatten_metrics
     from spotdiff.params import load_params
-    from spotdiff.registry import flatten_metrics
 
     cfg = load_params(params).register
     if not metrics.is_file():

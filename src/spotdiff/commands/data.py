@@ -1,4 +1,4 @@
-"""`spotdiff data`: the `data` DVC stage (COCO-format instance dataset from the configured source)."""
+"""`spotdiff data`: runs the `data` stage (`spotdiff.stages.data`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ def data(
     out: Path = typer.Option(Path("data/source"), help="output folder (images/ + instances.json)"),
 ) -> None:
     """Build the source dataset: generated offline (`data.source: embedded`) or COCO 2017 (`coco2017`)."""
-    from spotdiff.data.source import write_dataset
     from spotdiff.params import load_params
+    from spotdiff.stages import data as stage
 
-    cfg = load_params(params).data
-    summary = write_dataset(cfg, out)
+    summary = stage.run(load_params(params), out)
     sizes = summary["by_size"]
     typer.echo(f"data: {summary['images']} images, {summary['annotations']} objects "
                f"(small {sizes['small']}, medium {sizes['medium']}, large {sizes['large']}) -> {out}")

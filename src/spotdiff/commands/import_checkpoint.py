@@ -21,7 +21,7 @@ def import_checkpoint(
 ) -> None:
     """Convert FILE to spotdiff's checkpoint format and register it as a new model version."""
     from spotdiff.params import Params, load_params
-    from spotdiff.registry import import_checkpoint as run
+    from spotdiff.registry.versions import import_checkpoint as run
 
     cfg = load_params(params) if params.is_file() else Params()
     record = run(cfg, file, name=name, alias=alias)

@@ -1,4 +1,4 @@
-"""`spotdiff inpaint`: the `inpaint` DVC stage (COCO instances -> COCO-Inpainted layout, resumable)."""
+"""`spotdiff inpaint`: runs the `inpaint` stage (`spotdiff.stages.inpaint`)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ def inpaint(
     Rerunning after an interruption redoes only what is missing; `list_of_indices.npy` appears
     only when the run has finished.
     """
-    from spotdiff.data.inpaint import run_inpaint
     from spotdiff.params import load_params
+    from spotdiff.stages import inpaint as stage
 
-    cfg = load_params(params).inpaint
-    summary = run_inpaint(cfg, source, out)
+    params_ = load_params(params)
+    cfg = params_.inpaint
+    summary = stage.run(params_, source, out)
     rate = summary.versions_done_now / summary.seconds if summary.seconds > 0 else 0.0
     typer.echo(f"inpaint ({cfg.backend}): {summary.images} images, {summary.versions} inpainted versions "
                f"-> {out} (this run: {summary.images_done_now} images / {summary.versions_done_now} versions "

@@ -1,4 +1,4 @@
-"""`spotdiff pairs`: the `pairs` DVC stage (COCO-Inpainted folder -> manifest.json + preview.png)."""
+"""`spotdiff pairs`: runs the `pairs` stage (`spotdiff.stages.pairs`)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,11 @@ def pairs(
     """Draw the train/val pairs (split by source image) and draw a preview of augmented pairs with boxes."""
     import time
 
-    from spotdiff.data.pairs import run_pairs
     from spotdiff.params import load_params
+    from spotdiff.stages import pairs as stage
 
-    import torch
-
-    # Per-pair augmentation works on small tensors: intra-op threads only contend (10x slower on a busy
-    # 2-core machine). Set here, in the command, not in the library the training loop also uses.
-    cfg = load_params(params)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     start = time.perf_counter()
-    try:
-        counts = run_pairs(cfg.pairs, inpainted, out, cfg.model.image_size)
-    finally:
-        torch.set_num_threads(threads)
+    counts = stage.run(load_params(params), inpainted, out)
     seconds = time.perf_counter() - start
     total = counts["train"] + counts["val"]
     typer.echo(f"pairs: {counts['train']} train + {counts['val']} val pairs "

@@ -14,7 +14,7 @@ def promote(
 ) -> None:
     """Move an alias of `register.model_name` to VERSION (aliases only, never the deprecated stages)."""
     from spotdiff.params import load_params
-    from spotdiff.registry import promote_version
+    from spotdiff.registry.versions import promote_version
 
     result = promote_version(load_params(params), version, alias)
     before = f" (was version {result['previous']})" if result["previous"] is not None else ""

@@ -13,6 +13,7 @@ RESULT_PATHS = [
     ("training pairs (look at preview.png)", "data/pairs/preview.png"),
     ("trained model", "models/cyws.pt"),
     ("training summary", "models/train.json"),
+    ("training run (MLflow run, times)", "models/train_run.json"),
     ("val predictions (picture)", "models/val_predictions.png"),
     ("test sets (stand-ins)", "data/testsets"),
     ("evaluation report", "eval/report.md"),
@@ -34,7 +35,7 @@ def results() -> None:
     if report.is_file():
         typer.echo("")
         typer.echo(report.read_text())
-    summary = Path("models/train.json")
+    summary = Path("models/train_run.json")
     if summary.is_file():
         info = json.loads(summary.read_text())
         if "mlflow_run_id" in info:

@@ -1,4 +1,4 @@
-"""`spotdiff train`: the `train` DVC stage (runs as its own process; DDP re-launches it per rank)."""
+"""`spotdiff train`: runs the `train` stage (`spotdiff.stages.train`; DDP re-launches it per rank)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,18 @@ import typer
 def train(
     params: Path = typer.Option(Path("params.yaml"), help="params file; reads model, train, pairs.augment, mlflow"),
     pairs: Path = typer.Option(Path("data/pairs/manifest.json"), help="the pairs stage's manifest"),
-    out: Path = typer.Option(Path("models"), help="output folder: cyws.pt (best val/loss) and train.json"),
+    out: Path = typer.Option(Path("models"), help="output folder: cyws.pt (best train.monitor), train.json, train_run.json"),
     no_tracking: bool = typer.Option(False, "--no-tracking", help="do not log to MLflow"),
 ) -> None:
-    """Train CYWS on the pairs manifest; keep the model with the lowest validation loss."""
+    """Train CYWS on the pairs manifest; keep the model with the best `train.monitor`."""
     from spotdiff.params import load_params
-    from spotdiff.training import train as fit
+    from spotdiff.stages import train as stage
 
-    cfg = load_params(params)
-    summary = fit(cfg, pairs, out, tracking=not no_tracking)
+    summary = stage.run(load_params(params), pairs, out, tracking=not no_tracking)
     if summary:
         typer.echo(f"train: best val/loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} "
                    f"({summary['train_pairs']} train / {summary['val_pairs']} val pairs, "
-                   f"{summary['seconds']:.0f}s) -> {out / 'cyws.pt'}")
+                   f"{summary['seconds']:.0f} s, {summary['cpu_seconds']:.0f} CPU-s) -> {out / 'cyws.pt'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Reader and writer of the COCO-Inpainted on-disk layout (DESIGN §4) — one format for training and test.
+"""Reader and writer of the COCO-Inpainted on-disk layout (the authors' published test-set format) — one format for training and test.
 
 Layout of a COCO-Inpainted folder (the authors' published `train/`, `test/{small,medium,large}/`, and
 what our `inpaint` stage writes):

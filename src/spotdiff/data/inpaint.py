@@ -1,4 +1,4 @@
-"""The `inpaint` stage: from a COCO instance dataset to the COCO-Inpainted layout (DESIGN §3, §4).
+"""Inpainting objects away: from a COCO instance dataset to the COCO-Inpainted layout (resumable).
 
 For every source image with at least one (non-crowd) annotation, n ∈ [1, max_versions] inpainted
 versions are made, each removing a different non-empty subset of its objects: the union of the

@@ -1,4 +1,4 @@
-"""The `pairs` stage: the manifest of training / validation pairs (DESIGN §3), and how a pair is loaded.
+"""Training / validation pairs: how they are drawn into a manifest, and how one pair is loaded.
 
 A pair is built from one source item of a COCO-Inpainted folder:
 - `inpainted` (probability `p_inpainted`): two distinct images out of {original, its inpainted
@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from spotdiff.data.coco_inpainted import CocoInpainted, changed_ids, resize_to
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import write_json_atomic
 from spotdiff.params import PairsParams
 
 MANIFEST = "manifest.json"
@@ -216,54 +215,3 @@ def _shuffled(items: list, rng: np.random.Generator, limit: int = 8) -> list:
         return []
     picks = rng.permutation(len(items))[:limit]
     return [items[i] for i in picks]
-
-
-# ---------------------------------------------------------------- preview
-
-
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    import cv2
-
-    out = np.ascontiguousarray(image.copy())
-    for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4):
-        top_left = (int(round(x1)), int(round(y1)))
-        bottom_right = (int(round(x2)) - 1, int(round(y2)) - 1)  # cv2 corners are inclusive
-        cv2.rectangle(out, top_left, bottom_right, color, 1)
-    return out
-
-
-def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, image_size: int,
-                   augment, seed: int = 0) -> int:
-    """A grid of `count` augmented train pairs (a | b per row) with their boxes; returns rows drawn."""
-    from spotdiff.data.coco_inpainted import write_png_rgb
-    from spotdiff.data.pairs_dataset import PairDataset
-
-    dataset = PairDataset(manifest_path, "train", image_size, augment, seed=seed, deterministic=True)
-    rows = []
-    rng = np.random.default_rng([seed, 2])
-    picks = rng.permutation(len(dataset))[:count] if count else []
-    for i in picks:
-        item = dataset[int(i)]
-        a = (item["image_a"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        b = (item["image_b"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        sep = np.full((image_size, 4, 3), 255, dtype=np.uint8)
-        rows.append(np.concatenate([draw_boxes(a, item["boxes_a"].numpy(), (255, 0, 0)), sep,
-                                    draw_boxes(b, item["boxes_b"].numpy(), (255, 0, 0))], axis=1))
-    if not rows:
-        grid = np.full((image_size, 2 * image_size + 4, 3), 255, dtype=np.uint8)
-    else:
-        gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
-        grid = np.concatenate(list(itertools.chain.from_iterable((r, gap) for r in rows))[:-1], axis=0)
-    write_png_rgb(out_path, grid)
-    return len(rows)
-
-
-def run_pairs(params: PairsParams, inpainted: str | Path, out: str | Path, image_size: int) -> dict:
-    """The stage: write `manifest.json` and `preview.png` into `out` (each atomically)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(params, inpainted, out)
-    write_json_atomic(out / MANIFEST, manifest, indent=None)
-    render_preview(out / MANIFEST, out / PREVIEW, params.preview_count, image_size, params.augment,
-                   seed=params.seed)
-    return manifest["counts"]

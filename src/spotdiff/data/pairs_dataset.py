@@ -1,6 +1,6 @@
 """`PairDataset`: the training / validation pairs of a `pairs` manifest, augmented, at the model size.
 
-Item (CONTRACTS.md): {"image_a": 3×S×S float32 in [0,1], "image_b": 3×S×S, "boxes_a": N×4 float32,
+Item: {"image_a": 3×S×S float32 in [0,1], "image_b": 3×S×S, "boxes_a": N×4 float32,
 "boxes_b": M×4 float32 (xyxy pixels at S, x2/y2 exclusive), "pair_id": str}. With the exact
 augmentation of `spotdiff.data.transforms`, N = M ≥ 1 (box k of a and b is the same object).
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from spotdiff import boxes as box_fmt
 from spotdiff.data import embedded
+from spotdiff.data.coco2017 import build_coco2017
 from spotdiff.fsutil import atomic_dir
 from spotdiff.params import DataParams
 
@@ -78,8 +79,6 @@ def write_dataset(params: DataParams, out_dir: str | Path) -> dict:
         if params.source == "embedded":
             coco = build_embedded(params, tmp)
         else:
-            from spotdiff.data.coco2017 import build_coco2017
-
             coco = build_coco2017(params.coco, tmp)
         (tmp / INSTANCES).write_text(json.dumps(coco, separators=(",", ":")))
     return summarize(coco)

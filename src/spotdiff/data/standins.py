@@ -1,4 +1,4 @@
-"""Offline stand-ins of the four test sets, generated in exactly their published formats (DESIGN §4).
+"""Offline stand-ins of the four test sets, generated in exactly their published formats.
 
 They let the evaluate stage run with no network; they are NOT the official sets and every folder says
 so in `STANDIN.txt` (the readers expose it as `is_standin`, reports name them "(stand-in)").
@@ -35,9 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from spotdiff.boxes import mask_to_box
+from spotdiff.data.coco_inpainted import CocoInpaintedWriter, write_png_rgb
 from spotdiff.data.embedded import background, paste_random_object, sample_box_size
 from spotdiff.data.source import encode_mask
 from spotdiff.data.testsets import COCO_SUBSETS, STANDIN_MARKER
+from spotdiff.data.transforms import PairAugmenter
+from spotdiff.fsutil import atomic_path
+from spotdiff.params import AugmentParams
 
 _KIND_IDS = {"coco_inpainted": 1, "synthtext_change": 2, "virat_std": 3, "kubric_change": 4}
 _SUBSET_IDS = {None: 0, "small": 1, "medium": 2, "large": 3}
@@ -93,10 +97,6 @@ def _target_size(rng: np.random.Generator, subset: str, size: int) -> tuple[int,
 def write_coco_inpainted_standin(root: Path, subset: str, pairs: int, size: int, seed: int) -> dict:
     """One COCO-Inpainted test subset; returns {pair_id: changed masks K×S×S} for checks."""
     import torch
-
-    from spotdiff.data.coco_inpainted import CocoInpaintedWriter
-    from spotdiff.data.transforms import PairAugmenter
-    from spotdiff.params import AugmentParams
 
     writer = CocoInpaintedWriter(root)
     augmenter = PairAugmenter(AugmentParams(), image_size=size)
@@ -189,8 +189,6 @@ def _render_words(rng: np.random.Generator, image: np.ndarray, n_words: int) -> 
 def write_synthtext_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
     import h5py
 
-    from spotdiff.data.coco_inpainted import write_png_rgb
-
     (root / "bg_img").mkdir(parents=True, exist_ok=True)
     truth = {}
     with h5py.File(root / "synthtext-change.h5", "w") as f:
@@ -226,9 +224,6 @@ def _lighting(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 
 def write_virat_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
-    from spotdiff.data.coco_inpainted import write_png_rgb
-    from spotdiff.fsutil import atomic_path
-
     root.mkdir(parents=True, exist_ok=True)
     annotations: dict[str, list] = {}
     for i in tqdm(range(pairs), desc="stand-in virat_std", unit="pair"):
@@ -270,8 +265,6 @@ def _random_homography(rng: np.random.Generator, size: int, amount: float = 0.08
 
 
 def write_kubric_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
-    from spotdiff.data.coco_inpainted import write_png_rgb
-
     root.mkdir(parents=True, exist_ok=True)
     truth = {}
     for i in tqdm(range(pairs), desc="stand-in kubric_change", unit="pair"):

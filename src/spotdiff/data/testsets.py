@@ -1,4 +1,4 @@
-"""Readers of the four official test sets in their published on-disk formats (DESIGN §4), and download.
+"""Readers of the four official test sets in their published on-disk formats, and download.
 
 Every reader yields `TestPair`s (both images uint8 RGB, each with its own N×4 xyxy boxes in its own
 pixels, x2/y2 exclusive) and says whether the folder is one of our offline stand-ins (`is_standin`:
@@ -40,9 +40,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from spotdiff.boxes import box_areas, clip_boxes, mask_to_box
+from spotdiff.data.coco_inpainted import CocoInpainted, read_rgb, resize_to
+from spotdiff.data.safe_pickle import load_npy_plain
+from spotdiff.data.transforms import PairAugmenter, image_to_tensor
 from spotdiff.download import download as fetch
 from spotdiff.download import extract_archive, file_digest
 from spotdiff.errors import SpotdiffError
+from spotdiff.params import AugmentParams
 
 STANDIN_MARKER = "STANDIN.txt"
 SYNTHTEXT_H5_NAMES = ("synthtext-change.h5", "custom.h5")
@@ -77,15 +82,11 @@ def _boxes(rows, source: str) -> np.ndarray:
 
 
 def _clip_nonempty(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    from spotdiff.boxes import box_areas, clip_boxes
-
     boxes = clip_boxes(boxes, width, height)
     return boxes[box_areas(boxes) > 0]
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from spotdiff.data.coco_inpainted import read_rgb
-
     return read_rgb(path)
 
 
@@ -185,8 +186,6 @@ class SynthtextChange(TestSet):
     def __getitem__(self, i: int) -> TestPair:
         import h5py
 
-        from spotdiff.data.coco_inpainted import resize_to
-
         key = self.pair_ids[i]
         where = f"{self.h5_path} data/{key}"
         try:
@@ -221,12 +220,11 @@ class ViratStd(TestSet):
 
     def __init__(self, root: str | Path, name: str | None = None):
         super().__init__(root, name)
-        from spotdiff.data.safe_pickle import load_npy_plain
 
         path = self.root / "annotations.npy"
         if not path.is_file():
             raise SpotdiffError(f"{path}: not found; not a VIRAT-STD folder")
-        # The published file is a pickled dict: restricted unpickler, plain types only (DESIGN §4).
+        # The published file is a pickled dict: restricted unpickler, plain types only.
         raw = load_npy_plain(path)
         obj = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
         if not isinstance(obj, dict):
@@ -320,7 +318,6 @@ class CocoInpaintedTest(TestSet):
 
     def __init__(self, root: str | Path, name: str | None = None, apply_augmentation: bool = True):
         super().__init__(root, name)
-        from spotdiff.data.coco_inpainted import CocoInpainted
 
         self.dataset = CocoInpainted(self.root)
         self.apply_augmentation = apply_augmentation
@@ -329,9 +326,6 @@ class CocoInpaintedTest(TestSet):
 
     def _aug(self):
         if self._augmenter is None:
-            from spotdiff.data.transforms import PairAugmenter
-            from spotdiff.params import AugmentParams
-
             # Only kornia's flags (border padding, align_corners) matter when replaying stored params.
             self._augmenter = PairAugmenter(AugmentParams(), image_size=256)
         return self._augmenter
@@ -352,8 +346,6 @@ class CocoInpaintedTest(TestSet):
         if self.apply_augmentation and params[0] is not None and params[1] is not None:
             image_a, image_b, boxes_a, boxes_b = self._replay(image_a, image_b, masks, params, idx)
         else:
-            from spotdiff.boxes import mask_to_box
-
             found = [mask_to_box(m) for m in masks]
             boxes_a = np.asarray([b for b in found if b is not None], dtype=np.float64).reshape(-1, 4)
             boxes_b = boxes_a.copy()
@@ -361,9 +353,6 @@ class CocoInpaintedTest(TestSet):
 
     def _replay(self, image_a, image_b, masks, params, idx):
         import torch
-
-        from spotdiff.boxes import mask_to_box
-        from spotdiff.data.transforms import image_to_tensor
 
         aug = self._aug()
         h, w = image_a.shape[:2]

@@ -1,4 +1,4 @@
-"""Exact, replayable training augmentation of an image pair (DESIGN §3), with kornia.
+"""Exact, replayable training augmentation of an image pair, with kornia.
 
 Each image of a pair gets its own colour jitter (brightness, contrast, saturation, hue) and random
 affine (rotation, translation, scale; border padding), at its own resolution, before the resize to

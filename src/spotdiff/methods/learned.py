@@ -22,7 +22,8 @@ from spotdiff.boxes import scale_boxes
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.engines import make_engine, resolve_engine
 from spotdiff.models.centernet import decode
-from spotdiff.models.cyws import CYWS, load_model
+from spotdiff.models.checkpoint import load_model
+from spotdiff.models.cyws import CYWS
 
 
 def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Co-attention between the two images' feature maps: CoAM and the NOAM ablation (DESIGN §2).
+"""Co-attention between the two images' feature maps: CoAM and the NOAM ablation (the paper's no-attention baseline).
 
 CoAM, for a query map f (B×C×H×W) and the other image's map g (B×C×H'×W'):
     Q = conv1x1_q(f) (B×d×HW),  K = conv1x1_k(g) (B×d×H'W'),  V = g (raw features)

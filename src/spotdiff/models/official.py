@@ -1,6 +1,6 @@
 """The authors' published CYWS checkpoint (`pretrained-resnet50-3x-coam-scSE-affine.ckpt`) as our model.
 
-The file is a PyTorch Lightning 1.5.8 checkpoint (facts: /work/shared/OFFICIAL_CHECKPOINT.md): a dict
+The file is a PyTorch Lightning 1.5.8 checkpoint: a dict
 with `epoch`, `global_step`, `pytorch-lightning_version`, `state_dict`, `callbacks`,
 `optimizer_states`, `lr_schedulers`; its tensors are tagged `cuda:0`. It is read with
 `torch.load(weights_only=True, map_location="cpu")` (never unpickling objects, and loadable without a
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.models.cyws import CYWS
 
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 PUBLISHED_PREFIXES = ("unet_model.", "coattention_modules.", "centernet_head.")
@@ -140,8 +141,6 @@ def _sample(keys: list[str], n: int = 3) -> str:
 
 def model_from_published(ckpt: Any, path: str | Path):
     """Build our CYWS from a loaded published-layout checkpoint; strict, one-line SpotdiffError."""
-    from spotdiff.models.cyws import CYWS
-
     hint = f"expected the authors' {PUBLISHED_FILE_NAME} (or a file in its layout)"
     state = published_state_dict(ckpt)
     if state is None:

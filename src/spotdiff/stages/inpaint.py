@@ -1,0 +1,19 @@
+"""The `inpaint` stage: versions of every source image with sets of its objects inpainted away.
+
+Reads: `params.inpaint` (backend `opencv` offline, or `lama` with real LaMa weights), the source
+dataset (`instances.json` + `images/`).
+Writes: a COCO-Inpainted folder (the layout the authors' test set uses): each image, its inpainted
+versions, `list_of_indices.npy` last. Resumable: a killed run redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spotdiff.data.inpaint import InpaintSummary, run_inpaint
+from spotdiff.params import Params
+
+
+def run(params: Params, source: str | Path, out: str | Path) -> InpaintSummary:
+    """Inpaint what is missing in `out`; returns the counts of this run and of the whole folder."""
+    return run_inpaint(params.inpaint, Path(source), Path(out))

@@ -1,0 +1,121 @@
+"""The `register` stage: the trained model becomes a version in the MLflow registry.
+
+Reads: `params.register`, `params.mlflow`; the model (`models/cyws.pt`), the evaluation metrics
+(`eval/metrics.json`) and the training run's `models/train_run.json` (which MLflow run trained
+this model).
+Writes: a new version of `register.model_name` (the model logged as a pyfunc into the training run,
+tagged with its metrics, git revision and DVC md5), alias `challenger` on it, and `champion` when its
+`register.primary_metric` beats the current champion's by more than `register.promote_margin` and
+reaches `register.ap_floor`. Files: `<out>` (the DVC output: what was registered — model md5, metric,
+rule; the same bytes whenever the model and metrics are) and `<record>` (default
+`registry/registration.json`: this registration's version, aliases, decision and reason; it depends
+on the registry's state, so it is not a DVC output).
+
+If `train_run.json` is missing or names another model (e.g. the train stage was restored from DVC's
+run cache), the model is logged into a new run of the experiment instead, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import write_json_atomic
+from spotdiff.metricsfile import flatten_metrics
+from spotdiff.params import Params
+from spotdiff.registry.provenance import file_md5, read_json
+from spotdiff.registry.versions import register_version
+from spotdiff.tracking import find_repo_root, portable_uri, redact_uri, setup_mlflow
+
+RECORD = "registration.json"
+
+
+def _metric_path_exists(obj: Any, path: str) -> bool:
+    for part in path.split("/"):
+        if not isinstance(obj, dict) or part not in obj:
+            return False
+        obj = obj[part]
+    return True
+
+
+def read_metrics(metrics_path: Path, metric: str) -> dict[str, float]:
+    """The flattened metrics; a one-line error when `metric` is not among them."""
+    raw = read_json(metrics_path, "evaluation metrics", "run the evaluate stage first (dvc repro evaluate)")
+    metrics = flatten_metrics(raw)
+    if metric not in metrics:
+        if _metric_path_exists(raw, metric):
+            raise SpotdiffError(f"{metrics_path}: {metric} (register.primary_metric) is null — not "
+                                "measurable on that test set (no ground truth?); pick another metric")
+        known = ", ".join(sorted(metrics)[:12]) or "none"
+        raise SpotdiffError(f"{metrics_path}: no metric {metric} (register.primary_metric); known: {known}; "
+                            "fix register.primary_metric or make evaluate produce it")
+    return metrics
+
+
+def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri: str,
+                 warn: Callable[[str], None]) -> str | None:
+    """The MLflow run that trained this model, per `train_run.json`; None when it cannot be trusted."""
+    if not run_info_path.is_file():
+        warn(f"warning: {run_info_path} not found (training restored from DVC's cache?); the model is "
+             "logged into a new MLflow run")
+        return None
+    try:
+        info = json.loads(run_info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpotdiffError(f"{run_info_path}: not valid JSON ({exc}); rerun the train stage "
+                            "(dvc repro -f train)") from None
+    run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
+    if not run_id:
+        warn(f"warning: {run_info_path}: no mlflow_run_id (trained without tracking); the model is logged "
+             "into a new MLflow run")
+        return None
+    if info.get("model_md5") not in (None, model_md5):
+        warn(f"warning: {run_info_path} describes another model (md5 {info.get('model_md5')}); the model "
+             "is logged into a new MLflow run")
+        return None
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise SpotdiffError(
+            f"{run_info_path}: MLflow run {run_id} is not in the tracking store {redact_uri(uri)}; "
+            "set MLFLOW_TRACKING_URI to the store the train stage used, or rerun it (dvc repro -f train)"
+        ) from None
+    return run_id
+
+
+def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | Path, out: str | Path,
+        record: str | Path | None = None, root: str | Path | None = None,
+        warn: Callable[[str], None] = lambda line: None) -> dict:
+    """Register the model (see the module docstring); returns the registration record."""
+    model, run_info, metrics_path, out = Path(model), Path(run_info), Path(metrics), Path(out)
+    record_path = Path(record) if record else out.parent / RECORD
+    if not model.is_file():
+        raise SpotdiffError(f"{model}: trained model not found; run the train stage first (dvc repro train)")
+    reg = params.register
+    values = read_metrics(metrics_path, reg.primary_metric)
+    root = Path(root) if root else find_repo_root()
+    md5 = file_md5(model)
+
+    setup_mlflow(params, root)
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = training_run(run_info, md5, client, uri, warn)
+    if run_id is None:
+        with mlflow.start_run(run_name=f"register {md5[:8]}") as new_run:
+            mlflow.set_tag("spotdiff.model_md5", md5)
+        run_id = new_run.info.run_id
+
+    result = register_version(params, model, run_id, values, root)
+    result["tracking_uri"] = portable_uri(uri, root)
+    write_json_atomic(record_path, result)
+    write_json_atomic(out, {"model_name": reg.model_name, "model_md5": md5,
+                            "primary_metric": {"name": reg.primary_metric, "value": values[reg.primary_metric]},
+                            "promote_margin": reg.promote_margin, "ap_floor": reg.ap_floor,
+                            "record": record_path.name})
+    return result
