@@ -152,7 +152,7 @@ def test_every_reference_form_resolves_without_touching_mlflow_globals(repo, tmp
         with pytest.raises(SpotdiffError, match=message):
             load_reference(ref)
     # `spotdiff evaluate --model` reads the same references
-    from spotdiff.evaluate_stage import build_detectors
+    from spotdiff.evaluation.runner import build_detectors
     from spotdiff.params import Params
 
     detectors = build_detectors(Params(), "models:/spotdiff@champion")

@@ -122,8 +122,9 @@ def test_stage_on_standins(standins, tiny_model, mlflow_store, capsys):
     for key, value in flat.items():
         assert run.data.metrics[key] == pytest.approx(value), key
     assert "eval_time/cyws/virat_std/s_per_pair" in run.data.metrics
+    assert "eval_time/total_s" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(run_id, "eval")}
-    assert {"eval/report.md", "eval/pr_curves.png", "eval/metrics.json", "eval/plots",
+    assert {"eval/report.md", "eval/pr_curves.png", "eval/metrics.json", "eval/timings.json", "eval/plots",
             "eval/samples"} <= logged
     assert len(client.list_artifacts(run_id, "eval/plots")) == 8
     assert len(client.list_artifacts(run_id, "eval/samples")) == 4
@@ -222,8 +223,9 @@ def test_unknown_run_is_exit_2(standins, tiny_model, mlflow_store, capsys):
 
 def test_pooling_and_top_k_match_the_metric():
     """`compute_metrics` pools subsets exactly like one call of the metric on the concatenated lists."""
-    from spotdiff.evaluate_stage import SetResult, compute_metrics, top_k
     from spotdiff.evaluation import average_precision
+    from spotdiff.evaluation.runner import SetResult, top_k
+    from spotdiff.evaluation.scoring import compute_metrics
 
     rng = np.random.default_rng(3)
     results = []
@@ -244,3 +246,28 @@ def test_pooling_and_top_k_match_the_metric():
     assert not math.isnan(pooled.ap) and len(curves[("m", "coco_inpainted")]["recall"]) == 101
     boxes, scores = top_k(np.arange(20.0).reshape(5, 4), np.array([0.1, 0.9, 0.5, 0.9, 0.2]), 3)
     assert scores.tolist() == [0.9, 0.9, 0.5] and boxes[:, 0].tolist() == [4.0, 12.0, 8.0]
+
+
+def test_outputs_are_the_same_bytes_run_after_run(tmp_path, monkeypatch, capsys):
+    """Everything under --out that DVC hashes (report, metrics, curves, samples) is byte-identical
+    across runs; the times go to timings.json only."""
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)
+    _write_virat(tmp_path / "sets" / "virat")
+    params = _params(tmp_path / "params.yaml", tmp_path, methods=["ssim"])
+    digests = []
+    for out in ("eval1", "eval2"):
+        code = main(["evaluate", "--params", str(params), "--no-mlflow", "--testsets", str(tmp_path / "sets"),
+                     "--out", str(tmp_path / out)])
+        assert code == 0, capsys.readouterr().err
+        files = sorted(p for p in (tmp_path / out).rglob("*") if p.is_file() and p.name != "timings.json")
+        digests.append({p.relative_to(tmp_path / out).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+                        for p in files})
+    assert digests[0] == digests[1] and {"report.md", "metrics.json", "pr_curves.png"} <= set(digests[0])
+    report = (tmp_path / "eval1" / "report.md").read_text()
+    assert "timings.json" in report and " s/pair" not in report and "DESIGN" not in report
+    timings = json.loads((tmp_path / "eval1" / "timings.json").read_text())
+    assert set(timings) == {"total_s", "device", "sets"}
+    virat = timings["sets"]["virat_std"]
+    assert virat["pairs"] == 3 and set(virat["s_per_pair"]) == {"ssim"}

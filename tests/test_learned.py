@@ -1,4 +1,4 @@
-"""The learned method's inference wrapper: sizes, batching, references, display suppression, attention."""
+"""The learned method's inference wrapper: sizes, batching, references, ignore mask, display, attention."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from spotdiff.boxes import suppress
 from spotdiff.errors import SpotdiffError
-from spotdiff.methods.learned import CywsDetector, suppress
+from spotdiff.methods.learned import CywsDetector
 from spotdiff.models.checkpoint import save_model
 from spotdiff.models.cyws import CYWS
 
@@ -28,17 +29,46 @@ def test_boxes_come_back_in_each_images_own_pixels(detector):
     assert boxes_b[:, [0, 2]].max() <= 120 + 1e-6 and boxes_b[:, [1, 3]].max() <= 300 + 1e-6
     assert np.all(np.diff(scores_a) <= 1e-9)
     # the batched path gives the same answer as one pair at a time
-    batched = detector.detect_batch([a, a], [b, b])
+    batched = detector.detect_batch([(a, b), (a, b)])
     assert np.allclose(batched[1][0], boxes_a, atol=1e-4) and np.allclose(batched[0][2], boxes_b, atol=1e-4)
 
 
-def test_ignore_mask_drops_boxes_centred_inside_it(detector):
+def test_ignore_mask_drops_boxes_mostly_inside_it_in_both_images(detector):
+    """One rule (`PairDetections.drop_ignored`): a box more than half inside the mask goes — in A, and
+    in B with the mask scaled to B's size; boxes outside it stay."""
     rng = np.random.default_rng(1)
     a = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    b = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (128, 96, 3), dtype=np.uint8)
     everything = np.ones((64, 64), bool)
     boxes_a, _, boxes_b, _ = detector.detect(a, b, ignore_mask=everything)
-    assert len(boxes_a) == 0 and len(boxes_b) > 0
+    assert len(boxes_a) == 0 and len(boxes_b) == 0
+    full = detector.run(a, b)
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    kept = detector.run(a, b, ignore_mask=left)
+    assert len(kept.boxes_a) < len(full.boxes_a) and len(kept.boxes_b) < len(full.boxes_b)
+    centres_a = (kept.boxes_a[:, 0] + kept.boxes_a[:, 2]) / 2
+    assert (centres_a >= 32 - 1e-6).all() or len(kept.boxes_a) == 0
+    # a degenerate (zero-area) box is judged by the pixel it sits on
+    from spotdiff.methods import PairDetections
+
+    dots = PairDetections(np.array([[10.0, 10, 10, 10], [50, 10, 50, 10]]), np.array([0.9, 0.8]),
+                          np.zeros((0, 4)), np.zeros(0), (64, 64), (64, 64)).drop_ignored(left)
+    assert dots.boxes_a.tolist() == [[50.0, 10.0, 50.0, 10.0]]
+
+
+def test_display_is_top_k_after_nms_and_the_interface_is_complete(detector):
+    from spotdiff.methods import Detector, PairDetections
+
+    assert isinstance(detector, Detector) and detector.title == "CYWS" and detector.uses_model
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    dets = PairDetections(boxes, scores, boxes, scores, (64, 64), (64, 64))
+    shown = detector.display(dets, 2)
+    assert shown.boxes_a.tolist() == [[0, 0, 10, 10], [20, 20, 30, 30]] and len(dets.boxes_a) == 4
+    assert len(detector.display(dets)) == 3  # default top 5, after NMS
+    assert detector.settings() == {"engine": "auto"} and detector.reference is None
+    assert detector.summary() == "resnet18, 3×coam, scSE on, 64 px"
 
 
 def test_attention_from_a_point_is_a_distribution_over_b(detector):
@@ -63,7 +93,8 @@ def test_suppress_keeps_top_k_without_overlaps():
 def test_references(tmp_path):
     model = CYWS(backbone="resnet18", image_size=64)
     save_model(model, tmp_path / "m.pt")
-    assert CywsDetector.from_reference(tmp_path / "m.pt", device="cpu").size == 64
+    loaded = CywsDetector.from_reference(tmp_path / "m.pt", device="cpu")
+    assert loaded.size == 64 and loaded.reference == str(tmp_path / "m.pt")
     with pytest.raises(SpotdiffError, match="not found"):
         CywsDetector.from_reference(tmp_path / "missing.pt")
     with pytest.raises(SpotdiffError, match="unknown reference"):

@@ -402,7 +402,7 @@ def test_detect_with_the_published_file(published, tmp_path, monkeypatch, capsys
 
 
 def test_evaluate_reads_the_published_file(published):
-    from spotdiff.evaluate_stage import build_detectors
+    from spotdiff.evaluation.runner import build_detectors
     from spotdiff.params import Params
 
     detector = build_detectors(Params(), str(published["file"]))["cyws"]

@@ -15,7 +15,8 @@ from spotdiff.boxes import box_areas, iou_matrix
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods import Detector, PairDetections
 from spotdiff.methods.base import pair_labels
-from spotdiff.methods.pixelwise import SsimDetector, ssim_map, ssim_map_cv2
+from spotdiff.methods.pixelwise import SsimDetector
+from spotdiff.methods.ssim_map import ssim_map, ssim_map_cv2
 from spotdiff.params import Params, SsimParams, params_from_dict
 
 PASTE = (300, 200, 400, 280)  # x1, y1, x2, y2 in the astronaut photo
@@ -204,7 +205,7 @@ def test_torch_backend_on_gpu_matches_cpu(astronaut, pasted):
 def test_pyramid_ssim_is_the_full_map_every_2nd_pixel(astronaut, pasted):
     """`ssim_map_pyramid` (pyrDown + a short half-resolution filter) ≈ `ssim_map_cv2` sampled at
     rows and columns 0, 2, 4, ...; its window is non-negative and sums to 1."""
-    from spotdiff.methods.pixelwise import pyramid_kernel, ssim_map_pyramid
+    from spotdiff.methods.ssim_map import pyramid_kernel, ssim_map_pyramid
 
     for sigma in (1.0, 1.5, 2.0, 3.0):
         k = pyramid_kernel(sigma)
@@ -257,20 +258,21 @@ def test_map_on_every_2nd_pixel_with_registration_and_ignore_mask(astronaut, pas
 def test_already_aligned_pair_skips_feature_matching(astronaut, pasted, monkeypatch):
     """An edited copy (no camera motion) is decided "identity" by the quick ECC check alone; a pair
     moved by 3 px and turned 1° still goes through features + ECC and is registered."""
-    from spotdiff.methods import pixelwise
+    from spotdiff.methods import registration
 
     a = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     b = cv2.cvtColor(pasted, cv2.COLOR_RGB2GRAY)
     calls = []
-    features = pixelwise._features_homography
-    monkeypatch.setattr(pixelwise, "_features_homography", lambda *args, **kw: calls.append(1) or features(*args, **kw))
-    H, method, notes = pixelwise.auto_homography(a, b)
+    features = registration._features_homography
+    monkeypatch.setattr(registration, "_features_homography",
+                        lambda *args, **kw: calls.append(1) or features(*args, **kw))
+    H, method, notes = registration.auto_homography(a, b)
     assert method == "identity" and not calls and "no camera motion" in notes[0]
     np.testing.assert_array_equal(H, np.eye(3))
     m = cv2.getRotationMatrix2D((256, 256), 1.0, 1.0)
     m[:, 2] += (3, 0)
     moved = cv2.warpAffine(b, m, (512, 512), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    H, method, _ = pixelwise.auto_homography(a, moved)
+    H, method, _ = registration.auto_homography(a, moved)
     assert calls and method in ("orb+ecc", "orb")
     # H maps B's pixels onto A's: the inverse of the nudge, within a pixel at the corners
     corners = np.float64([[0, 0], [512, 0], [512, 512], [0, 512]])
@@ -281,7 +283,7 @@ def test_already_aligned_pair_skips_feature_matching(astronaut, pasted, monkeypa
 def test_uint8_colour_fit_is_the_float_one_rounded(astronaut):
     """`apply_colour_fit_u8` (the 2-px grid's full-resolution pass) is `apply_colour_fit` rounded and
     clipped, within a grey level — an exposure fit (affine) and a gamma fit (square terms) alike."""
-    from spotdiff.methods.pixelwise import UNIT_LUT, apply_colour_fit, apply_colour_fit_u8, colour_fit
+    from spotdiff.methods.photometric import UNIT_LUT, apply_colour_fit, apply_colour_fit_u8, colour_fit
 
     region = np.ones(astronaut.shape[:2], bool)
     exposure = np.clip(astronaut * 0.85 + 10, 0, 255).astype(np.uint8)

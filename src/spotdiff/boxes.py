@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torchvision.ops import nms
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -60,3 +61,13 @@ def scale_boxes(boxes: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 def to_tensor(boxes: np.ndarray | list) -> torch.Tensor:
     return torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+def suppress(boxes: np.ndarray, scores: np.ndarray, top_k: int = 5, iou: float = 0.3
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k boxes after non-maximum suppression, for display (the paper's Fig. 4 shows top 5)."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4), scores.reshape(0)
+    keep = nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32), iou)
+    keep = keep[:top_k].numpy()
+    return boxes[keep], scores[keep]

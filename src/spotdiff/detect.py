@@ -4,9 +4,12 @@
 here: everything that can fail because of the user's input (paths, images, ignore mask, params,
 method, model, options) is checked in `prepare()`, before anything is computed or written.
 
+The method is looked up by name in the registry (`spotdiff.methods`) and used through the `Detector`
+interface only: it applies the ignore mask, picks the boxes to draw (`display`) and describes itself.
+
 Report (also the CLI's JSON file):
 
-    {"method": "ssim"|"cyws", "model": REF or null,
+    {"method": NAME ("ssim", "cyws"), "model": REF or null,
      "images": [{"path", "width", "height", "boxes": [[x1, y1, x2, y2], ...], "scores": [...],
                  "labels": [...]}, {... image B ...}],
      "paired": bool,           # box i in A and box i in B are the same change
@@ -28,14 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from spotdiff import __version__, tracking
 from spotdiff.errors import SpotdiffError
-from spotdiff.methods.base import PairDetections
+from spotdiff.imageio import MAX_PIXELS, load_image, load_mask
+from spotdiff.methods import Detector, PairDetections, build_detector, method_class, model_methods
+from spotdiff.methods.engines import ENGINES
+from spotdiff.methods.pixelwise import ALIGNS
 from spotdiff.params import DEFAULT_PARAMS_PATH, Params, SsimParams, load_params
 
-METHODS = ("ssim", "cyws")
-ALIGNS = ("auto", "homography", "none")  # = spotdiff.methods.pixelwise.ALIGNS
 DEFAULT_MODEL_REF = "models/cyws.pt"
-DISPLAY_TOP_K = 5  # boxes drawn for the learned method (after NMS), as the paper's figures
 
 
 @dataclass
@@ -53,7 +57,7 @@ class Request:
     min_score: float | None
     ignore_mask: np.ndarray | None
     ignore_mask_path: Path | None
-    detector: Any
+    detector: Detector
     load_s: float
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -103,8 +107,6 @@ def default_model_ref() -> str | None:
     The store is the one `spotdiff.tracking.existing_store` names (env MLFLOW_TRACKING_URI, else the
     repo's); it is only read — never created, and mlflow's process-wide settings are left alone.
     """
-    from spotdiff import tracking
-
     uri, missing = tracking.existing_store()
     if not missing:  # never create a store just to look into it
         root = tracking.find_repo_root()
@@ -123,20 +125,6 @@ def default_model_ref() -> str | None:
     return DEFAULT_MODEL_REF if Path(DEFAULT_MODEL_REF).is_file() else None
 
 
-def _cyws_detector(model: str | None, device: str | None, engine: str = "auto"):
-    """The learned detector for `--model` (path, models:/…, runs:/…) or the default reference."""
-    from spotdiff.methods.learned import CywsDetector
-
-    ref = model or default_model_ref()
-    if ref is None:
-        raise SpotdiffError(f"--method cyws needs a trained model: the MLflow registry has no champion "
-                            f"and {DEFAULT_MODEL_REF} does not exist; train one "
-                            "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
-    detector = CywsDetector.from_reference(ref, device=device, engine=engine)
-    detector.reference = ref
-    return detector
-
-
 def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model: str | None = None,
             params: Params | SsimParams | str | Path | None = None, top_k: Any = None,
             min_score: Any = None, ignore_mask: str | Path | np.ndarray | None = None,
@@ -144,21 +132,19 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
             engine: str = "auto") -> Request:
     """Validate every input and load the images, the mask and the detector; raises SpotdiffError.
 
-    `engine` (cyws): how its forward pass runs, see `spotdiff.methods.engines` (auto = ONNX Runtime
-    on the CPU, eager on a GPU)."""
-    from spotdiff.imageio import MAX_PIXELS, load_image, load_mask
-
+    `model` (methods that use one): a checkpoint path or an MLflow reference; default: the registry's
+    champion, else models/cyws.pt. `engine`: how a model's forward pass runs, see
+    `spotdiff.methods.engines` (auto = ONNX Runtime on the CPU, eager on a GPU)."""
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise SpotdiffError(f"--method: unknown method {method!r}; use one of {', '.join(METHODS)}")
+    cls = method_class(method, "--method")
     if align is not None and align not in ALIGNS:
         raise SpotdiffError(f"--align: unknown value {align!r}; use one of {', '.join(ALIGNS)}")
     k = parse_top_k(top_k)
     smin = parse_min_score(min_score)
-    if model is not None and method != "cyws":
-        raise SpotdiffError("--model: only used with --method cyws; drop it or add --method cyws")
-    from spotdiff.methods.engines import ENGINES
-
+    if model is not None and not cls.uses_model:
+        users = model_methods()
+        raise SpotdiffError(f"--model: only used with --method {' or '.join(users)}; drop it or add "
+                            f"--method {users[0]}")
     if engine not in ENGINES:
         raise SpotdiffError(f"--engine: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     ssim = resolve_params(params)
@@ -180,49 +166,34 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
         else:
             mask_path = Path(ignore_mask)
             mask = load_mask(mask_path, size_a, max_pixels=cap)
-    if method == "ssim":
-        from spotdiff.methods.pixelwise import SsimDetector
-
-        detector = SsimDetector(ssim, device=device)
-    else:
-        detector = _cyws_detector(model, device, engine)
+    ref = None
+    if cls.uses_model:
+        ref = model or default_model_ref()
+        if ref is None:
+            raise SpotdiffError(f"--method {method} needs a trained model: the MLflow registry has no "
+                                f"champion and {DEFAULT_MODEL_REF} does not exist; train one "
+                                "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
+    detector = build_detector(method, ssim, model=ref, engine=engine, device=device)
     mask_setting = str(mask_path) if mask_path else (None if mask is None else "array")
-    settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting}
-    if method == "ssim":
-        settings["ssim"] = dataclasses.asdict(ssim)
-    else:
-        settings["engine"] = engine
+    settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting,
+                                **detector.settings()}
     return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,
                    detector, time.perf_counter() - t0, settings)
 
 
 def run(req: Request, keep_maps: bool = False) -> tuple[dict[str, Any], PairDetections]:
-    """Run the detector of a prepared request → (report dict, PairDetections)."""
-    from spotdiff import __version__
+    """Run the detector of a prepared request → (report dict, PairDetections).
 
+    The report keeps every box that passes --top-k / --min-score (the evaluation protocol); what a
+    picture should show is `req.detector.display(dets, req.top_k)`."""
     t0 = time.perf_counter()
-    size_a = (req.img_a.shape[1], req.img_a.shape[0])
-    size_b = (req.img_b.shape[1], req.img_b.shape[0])
-    if req.method == "ssim":
-        dets = req.detector.run(req.img_a, req.img_b, ignore_mask=req.ignore_mask, keep_maps=keep_maps)
-    else:
-        result = req.detector.detect(req.img_a, req.img_b, ignore_mask=req.ignore_mask)
-        dets = PairDetections.from_tuple(result, size_a, size_b, paired=False)
-        dets.drop_ignored(req.ignore_mask)
+    dets = req.detector.run(req.img_a, req.img_b, ignore_mask=req.ignore_mask, keep_maps=keep_maps)
     dets.filter(top_k=req.top_k, min_score=req.min_score)
-    if req.method == "cyws":
-        # The JSON keeps every box (the evaluation protocol); pictures show the top-k after NMS.
-        from spotdiff.methods.learned import suppress
-
-        k = req.top_k or DISPLAY_TOP_K
-        ba, sa = suppress(dets.boxes_a, dets.scores_a, top_k=k)
-        bb, sb = suppress(dets.boxes_b, dets.scores_b, top_k=k)
-        dets.extras["display"] = PairDetections(ba, sa, bb, sb, size_a, size_b)
     detect_s = time.perf_counter() - t0
-    diagnostics = {k: v for k, v in dets.extras.items() if k not in ("diff", "valid", "display")}
+    diagnostics = {k: v for k, v in dets.extras.items() if k not in ("diff", "valid")}
     report: dict[str, Any] = {
         "method": req.method,
-        "model": getattr(req.detector, "reference", req.model) if req.method == "cyws" else None,
+        "model": req.detector.reference,
         **dets.to_json(str(req.path_a), str(req.path_b)),
         "num_changes": len(dets),
         "settings": req.settings,

@@ -1,4 +1,4 @@
-"""Load user images robustly into uint8 H×W×3 RGB, and save PNGs atomically.
+"""The project's one image reader and one PNG writer: `load_image` → uint8 H×W×3 RGB, `write_png`.
 
 Accepted: anything Pillow reads (PNG, JPEG, WebP, TIFF, BMP, GIF: first frame), with OpenCV as a
 fallback decoder (e.g. some 16-bit or float TIFFs). Normalisation, in this order:
@@ -16,6 +16,9 @@ is the detector's job; boxes are always reported in the original image's pixels.
 
 Every user-caused problem (missing, empty, a directory, not an image, corrupt data, too large) raises
 `SpotdiffError("<path>: <problem>; <fix>")`.
+
+`write_png(path, rgb)` writes atomically (temporary sibling + rename, `spotdiff.fsutil`), and the
+same pixels always give the same bytes: no timestamp, no text chunks, fixed compression.
 """
 
 from __future__ import annotations
@@ -229,14 +232,23 @@ def load_mask(path: str | Path, size: tuple[int, int], what: str = "ignore mask"
     return rgb.max(axis=2) > 127
 
 
-def save_png_atomic(path: str | Path, image: np.ndarray) -> Path:
-    """Write a uint8 H×W×3 (or H×W) array as a PNG, atomically (temp file + rename)."""
+def write_png(path: str | Path, rgb: np.ndarray, compress_level: int = 1) -> Path:
+    """Write a uint8 H×W×3 RGB (or H×W grey, H×W×4 RGBA) array as a PNG, atomically; returns `path`.
+
+    Deterministic: the same pixels and `compress_level` (zlib 0-9; default 1, speed over size) give the
+    same bytes — Pillow writes no time or software chunk."""
     from PIL import Image
 
+    arr = np.ascontiguousarray(rgb)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"write_png: expected uint8 H×W×3 RGB (or H×W, H×W×4), got {arr.dtype} {arr.shape}")
     path = Path(path)
-    arr = np.ascontiguousarray(image)
-    if arr.dtype != np.uint8:
-        arr = _to_uint8(arr)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # speed over size
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)
     return path
+
+
+def save_png_atomic(path: str | Path, image: np.ndarray) -> Path:
+    """`write_png` for any numeric array: scaled to uint8 first by the reader's rules (`_to_uint8`)."""
+    arr = np.asarray(image)
+    return write_png(path, arr if arr.dtype == np.uint8 else _to_uint8(arr))

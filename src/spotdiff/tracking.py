@@ -18,6 +18,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.params import load_params
 
 MARKERS = ("params.yaml", "dvc.yaml")
 
@@ -90,8 +91,6 @@ def existing_store(root: str | Path | None = None) -> tuple[str, Optional[str]]:
     root = Path(root) if root else find_repo_root()
     params = None
     if not os.environ.get("MLFLOW_TRACKING_URI", "").strip() and (root / "params.yaml").is_file():
-        from spotdiff.params import load_params
-
         try:
             params = load_params(root / "params.yaml")
         except SpotdiffError:

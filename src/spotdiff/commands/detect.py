@@ -97,7 +97,7 @@ def detect(
     from spotdiff.detect import prepare, run
     from spotdiff.errors import SpotdiffError
     from spotdiff.fsutil import write_json_atomic
-    from spotdiff.imageio import save_png_atomic
+    from spotdiff.imageio import write_png
     from spotdiff.render import draw_boxes, heatmap_overlay, side_by_side
 
     t0 = time.perf_counter()
@@ -111,26 +111,20 @@ def detect(
         report, dets = run(req, keep_maps=True)
 
     # ---- everything below only writes
-    shown = dets.extras.get("display", dets)  # the learned method draws its top-k after NMS
+    detector = req.detector
+    shown = detector.display(dets, req.top_k)  # the method's own rule for what people see
     ann_a = draw_boxes(req.img_a, shown.boxes_a, shown.labels_a, shown.scores_a)
     ann_b = draw_boxes(req.img_b, shown.boxes_b, shown.labels_b, shown.scores_b)
     tiles = [ann_a, ann_b]
     captions = [f"A: {req.path_a.name}  {req.img_a.shape[1]}x{req.img_a.shape[0]}",
                 f"B: {req.path_b.name}  {req.img_b.shape[1]}x{req.img_b.shape[0]}"]
-    diff = dets.extras.get("diff")
-    if diff is not None:
-        tiles.append(heatmap_overlay(req.img_a, diff, alpha=0.55, vmin=0.0, vmax=1.0,
-                                     mask=dets.extras.get("valid")))
-        captions.append("difference (1 - SSIM) on A")
-    if req.method == "cyws" and len(shown.boxes_a):
-        # co-attention: where the model looks in B from the centre of its top change in A
-        x1, y1, x2, y2 = shown.boxes_a[0]
-        attention = req.detector.attention_from(req.img_a, req.img_b, ((x1 + x2) / 2, (y1 + y2) / 2))
-        if attention is not None:
-            tiles.append(heatmap_overlay(req.img_b, attention, alpha=0.55))
-            captions.append("co-attention on B from A's box #1")
+    for overlay in detector.overlays(req.img_a, req.img_b, dets, shown):  # difference map, attention
+        image = req.img_a if overlay.image == "a" else req.img_b
+        tiles.append(heatmap_overlay(image, overlay.heat, alpha=0.55, vmin=overlay.vmin, vmax=overlay.vmax,
+                                     mask=overlay.mask))
+        captions.append(overlay.caption)
     model_txt = f" ({report['model']})" if report["model"] else ""
-    count = (f"top {len(shown)} of {len(dets)} boxes after NMS" if shown is not dets
+    count = (f"top {len(shown)} of {len(dets)} boxes {detector.display_rule}" if detector.display_rule
              else f"{len(dets)} change(s)")
     header = (f"spotdiff detect | method {req.method}{model_txt} | {count}"
               + (f" | align {dets.extras['align']}" if "align" in dets.extras else ""))
@@ -138,9 +132,9 @@ def detect(
     report["outputs"] = {k: str(v) for k, v in paths.items()}
     report["timings"]["write_s"] = 0.0
     tw = time.perf_counter()
-    save_png_atomic(paths["boxes_a"], ann_a)
-    save_png_atomic(paths["boxes_b"], ann_b)
-    save_png_atomic(paths["panel"], panel)
+    write_png(paths["boxes_a"], ann_a)
+    write_png(paths["boxes_b"], ann_b)
+    write_png(paths["panel"], panel)
     report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
     report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
     write_json_atomic(paths["json"], report)

@@ -1,6 +1,6 @@
-"""`spotdiff evaluate`: the `evaluate` DVC stage — both methods on every test set, AP report, MLflow.
+"""`spotdiff evaluate`: runs the `evaluate` stage (`spotdiff.stages.evaluate`): both methods on every test set.
 
-See `spotdiff.evaluate_stage` for what is computed and written.
+See `spotdiff.evaluation.stage` for what is computed and written; `run_evaluation` there does it.
 """
 
 from __future__ import annotations
@@ -16,26 +16,28 @@ def evaluate(
     model: str = typer.Option("models/cyws.pt", help="CYWS model (for method cyws): a checkpoint path "
                               "(ours or the authors' published .ckpt) or models:/NAME@ALIAS, "
                               "models:/NAME/VERSION, runs:/RUN_ID/PATH"),
-    train_info: Path = typer.Option(Path("models/train.json"), "--train-info",
-                                    help="training summary; its mlflow_run_id is the run the metrics go to"),
+    run_info: Path = typer.Option(Path("models/train_run.json"), "--run-info", "--train-info",
+                                  help="the train stage's run record; its mlflow_run_id is the run the "
+                                  "metrics go to"),
     testsets: Path = typer.Option(Path("data/testsets"), help="folder holding the test sets"),
-    out: Path = typer.Option(Path("eval"), help="output folder: metrics.json, report.md, plots/, samples/"),
+    out: Path = typer.Option(Path("eval"), help="output folder: metrics.json, report.md, plots/, samples/, "
+                             "timings.json"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log metrics and files to the training "
                                 "run in MLflow"),
 ) -> None:
     """Score CYWS and SSIM on the test sets (VOC AP@0.5, COCO AP); write metrics, curves, report, samples."""
-    from spotdiff.evaluate_stage import evaluate as run
-    from spotdiff.evaluate_stage import is_registry_reference
+    from spotdiff.methods import is_registry_reference
     from spotdiff.params import load_params
+    from spotdiff.stages import evaluate as stage
 
     cfg = load_params(params)
     if mlflow and is_registry_reference(model):
         # The training summary's run is not this model's: its metrics would be misattributed.
         typer.echo(f"note: --model {model} is a registry reference; metrics are not logged to the "
-                   f"training run of {train_info} (pass --no-mlflow to silence this)", err=True)
+                   f"training run of {run_info} (pass --no-mlflow to silence this)", err=True)
         mlflow = False
-    run(cfg, model, train_info if mlflow else None, testsets, out, echo=typer.echo,
-        warn=lambda line: typer.echo(line, err=True))
+    stage.run(cfg, model, run_info if mlflow else None, testsets, out, echo=typer.echo,
+              warn=lambda line: typer.echo(line, err=True))
 
 
 def register(app: typer.Typer) -> None:

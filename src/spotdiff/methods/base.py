@@ -1,30 +1,22 @@
-"""The Detector interface shared by the pixel-wise and learned methods, and their result type."""
+"""The Detector interface both methods implement, and their result type `PairDetections`.
+
+A detector is built by `spotdiff.methods.build_detector(name, params, ...)` (the registry of
+methods); callers (`spotdiff detect`, the evaluate stage) use only this interface, never a method's
+name: which boxes to show (`display`), what to say about the method (`title`, `reference`,
+`settings`, `summary`) and which maps to draw (`overlays`) are each method's own.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from spotdiff.boxes import box_areas, iou_matrix
 
-
-@runtime_checkable
-class Detector(Protocol):
-    """Finds the changes between two images.
-
-    `detect` takes numpy uint8 H×W×3 RGB images (any sizes) and an optional bool ignore mask in
-    image A's pixels (True = never report), and returns `(boxes_a, scores_a, boxes_b, scores_b)`:
-    float xyxy boxes (N×4, x2/y2 exclusive) in each image's own pixels and their scores, sorted by
-    score, highest first.
-    """
-
-    name: str
-
-    def detect(self, img_a: np.ndarray, img_b: np.ndarray,
-               ignore_mask: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+Result = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes_a, scores_a, boxes_b, scores_b
 
 
 def _as_boxes(b: Any) -> np.ndarray:
@@ -133,10 +125,12 @@ class PairDetections:
         return self
 
     def drop_ignored(self, ignore_mask: np.ndarray | None, max_fraction: float = 0.5) -> "PairDetections":
-        """Drop boxes of A that lie mostly (> max_fraction) inside the ignore mask (A's pixels).
+        """Drop boxes of A that lie mostly (> max_fraction of their pixels) inside the ignore mask (A's
+        pixels), in place; returns self.
 
-        For detectors that cannot take a mask themselves; B boxes paired with a dropped A box go too,
-        unpaired B boxes are compared with the mask scaled to B's size.
+        The ignore-mask rule of detectors that cannot take a mask into their computation (the learned
+        one); B boxes paired with a dropped A box go too, unpaired B boxes are compared with the mask
+        scaled to B's size. A box thinner than a pixel is judged by the pixel it lies on.
         """
         if ignore_mask is None or not ignore_mask.any():
             return self
@@ -146,8 +140,9 @@ class PairDetections:
             sx, sy = w / size[0], h / size[1]
             out = np.zeros(len(boxes), dtype=bool)
             for i, (x1, y1, x2, y2) in enumerate(boxes):
-                xa, xb = int(np.floor(x1 * sx)), int(np.ceil(x2 * sx))
-                ya, yb = int(np.floor(y1 * sy)), int(np.ceil(y2 * sy))
+                xa, ya = int(np.floor(x1 * sx)), int(np.floor(y1 * sy))
+                xb = max(int(np.ceil(x2 * sx)), xa + 1)
+                yb = max(int(np.ceil(y2 * sy)), ya + 1)
                 region = ignore_mask[max(ya, 0):max(yb, 0), max(xa, 0):max(xb, 0)]
                 out[i] = region.size > 0 and region.mean() > max_fraction
             return out
@@ -181,4 +176,74 @@ class PairDetections:
         return max(len(self.boxes_a), len(self.boxes_b))
 
 
-__all__ = ["Detector", "PairDetections", "pair_labels", "box_areas"]
+@dataclass(frozen=True)
+class Overlay:
+    """A map to blend over one image of the pair (extra tiles of `spotdiff detect`'s panel)."""
+
+    image: str  # "a" or "b": the image it is drawn over
+    heat: np.ndarray  # any size; scaled to the image
+    caption: str
+    vmin: float | None = None  # colour scale; None: the map's own min / max
+    vmax: float | None = None
+    mask: np.ndarray | None = None  # False: the image shows through
+
+
+class Detector(ABC):
+    """Finds the changes between two images.
+
+    Images are numpy uint8 H×W×3 RGB (any sizes, A and B may differ); the ignore mask is a bool
+    array in image A's pixels (True = never report), applied by the detector itself, once, by its
+    own rule. Boxes are float xyxy (x2/y2 exclusive) in each image's own pixels, sorted by score,
+    highest first.
+    """
+
+    name: ClassVar[str]  # the registry's key, e.g. "ssim"
+    title: ClassVar[str]  # for people, e.g. "SSIM"
+    uses_model: ClassVar[bool] = False  # needs a trained model (`build(model=...)`)
+    display_rule: ClassVar[str | None] = None  # how `display` thins the boxes, e.g. "after NMS"
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: Any, *, model: Any = None, engine: str = "auto",
+              device: str | None = None) -> "Detector":
+        """The detector for `params` (Params or the method's own section); see `build_detector`."""
+
+    @abstractmethod
+    def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
+            keep_maps: bool = False) -> "PairDetections":
+        """Detect on one pair → PairDetections (diagnostics in `extras`; maps too with `keep_maps`)."""
+
+    def detect(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None) -> Result:
+        """Detect on one pair → (boxes_a, scores_a, boxes_b, scores_b)."""
+        return self.run(img_a, img_b, ignore_mask).as_tuple()
+
+    def detect_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Result]:
+        """`detect` on many (A, B) pairs, no ignore mask; a method may batch them."""
+        return [self.detect(a, b) for a, b in pairs]
+
+    @abstractmethod
+    def display(self, dets: "PairDetections", top_k: int | None = None) -> "PairDetections":
+        """The boxes to draw for people (a new PairDetections; `dets` is left alone): at most `top_k`
+        per image (None: the method's default), by the method's own rule (`display_rule`)."""
+
+    @property
+    def reference(self) -> str | None:
+        """The model reference the detector was built from (a path or an MLflow URI), or None."""
+        return None
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """What the detector was built with, JSON-ready (the `settings` of `spotdiff detect`'s report)."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """One line for people: the model's configuration or the method's main settings."""
+
+    def overlays(self, img_a: np.ndarray, img_b: np.ndarray, dets: "PairDetections",
+                 shown: "PairDetections") -> list[Overlay]:
+        """Maps worth drawing next to the boxed images (`dets` from `run(keep_maps=True)`, `shown` from
+        `display`); none by default."""
+        return []
+
+
+__all__ = ["Detector", "Overlay", "PairDetections", "Result", "pair_labels", "box_areas"]

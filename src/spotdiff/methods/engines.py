@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import atomic_path
+from spotdiff.models.centernet import decode
 
 ENGINES = ("auto", "eager", "onnxruntime", "channels_last", "compile", "bf16")
 OUTPUT_KEYS = ("heatmap", "size", "offset")
@@ -177,7 +179,6 @@ def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
     import io
     import warnings
 
-    from spotdiff.fsutil import atomic_path
 
     size = int(model.config["image_size"])
     was_training = model.training
@@ -328,8 +329,6 @@ def detections_agree(
 def run_decoded(engine: Callable[[torch.Tensor, torch.Tensor], Outputs], image_a: torch.Tensor,
                 image_b: torch.Tensor, max_boxes: int = 100):
     """(dets_a, dets_b) of `engine` on a batch, decoded like `CYWS.predict`."""
-    from spotdiff.models.centernet import decode
-
     out_a, out_b = engine(image_a, image_b)
     return decode(out_a, max_boxes), decode(out_b, max_boxes)
 

@@ -4,26 +4,34 @@ Both images are resized to the model's square input, run as one batch, and the b
 back into each image's own pixels. `detect` returns every decoded box (up to the model's
 `max_boxes`, no suppression — the evaluation protocol), clipped to its image and without the
 zero-score non-peaks (`CYWS.predict(reference=True)` gives the reference's raw, unclipped 100);
-`suppress` is for display (top-k after NMS). `from_reference` accepts a checkpoint path (ours or the
-authors' published file), an MLflow registry reference (`models:/spotdiff@champion`,
-`models:/spotdiff/3`) or a run reference (`runs:/<id>/model`).
+`display` (`suppress`: top-k after NMS) picks the boxes people see. The model cannot take an
+ignore mask into its computation: boxes lying mostly inside it are dropped from its output
+(`PairDetections.drop_ignored`, the one rule, in A and — the mask scaled — in B).
+`from_reference` accepts a checkpoint path (ours or the authors' published file), an MLflow
+registry reference (`models:/spotdiff@champion`, `models:/spotdiff/3`) or a run reference
+(`runs:/<id>/model`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from spotdiff.boxes import scale_boxes
+from spotdiff import tracking
+from spotdiff.boxes import scale_boxes, suppress
 from spotdiff.errors import SpotdiffError
+from spotdiff.methods.base import Detector, Overlay, PairDetections, Result
 from spotdiff.methods.engines import make_engine, resolve_engine
 from spotdiff.models.centernet import decode
 from spotdiff.models.checkpoint import load_model
 from spotdiff.models.cyws import CYWS
+
+DISPLAY_TOP_K = 5  # boxes drawn by default (after NMS), as the paper's figures
 
 
 def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
@@ -36,8 +44,9 @@ def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> 
 REFERENCE_FORMS = "a checkpoint path, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH"
 
 
-def _is_mlflow_reference(ref: str) -> bool:
-    return ref.startswith(("models:/", "runs:/"))
+def is_registry_reference(ref: str | Path) -> bool:
+    """True for an MLflow model/run reference (models:/…, runs:/…), False for a checkpoint path."""
+    return str(ref).startswith(("models:/", "runs:/"))
 
 
 def load_reference(ref: str | Path) -> CYWS:
@@ -52,14 +61,10 @@ def load_reference(ref: str | Path) -> CYWS:
     store is read in place; a remote one is downloaded into a temporary folder, removed after).
     """
     ref = str(ref)
-    if not _is_mlflow_reference(ref):
+    if not is_registry_reference(ref):
         if "://" in ref:
             raise SpotdiffError(f"--model {ref}: unknown reference; give {REFERENCE_FORMS}")
         return load_model(Path(ref))
-    import tempfile
-
-    from spotdiff import tracking
-
     uri, missing = tracking.existing_store()
     if missing:
         raise SpotdiffError(f"--model {ref}: no MLflow store to look it up in ({missing} does not exist); "
@@ -118,8 +123,6 @@ def _fetch(ref: str, uri: str, registry_uri: str, tmp: Path) -> Path:
     import mlflow
     from mlflow import MlflowClient
 
-    from spotdiff.tracking import local_store_path
-
     client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     if ref.startswith("runs:/"):
         location = _run_location(client, ref)
@@ -129,18 +132,22 @@ def _fetch(ref: str, uri: str, registry_uri: str, tmp: Path) -> Path:
         name, alias, version = _parse_models_uri(ref)
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         location = client.get_model_version_download_uri(name, mv.version)
-    local = local_store_path(location)
+    local = tracking.local_store_path(location)
     if local is not None:
         return local  # a local artifact store: read in place
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp)))
 
 
-class CywsDetector:
+class CywsDetector(Detector):
     """The learned change detector (see the module docstring)."""
 
     name = "cyws"
+    title = "CYWS"
+    uses_model = True
+    display_rule = "after NMS"
 
-    def __init__(self, model: CYWS, device: str | torch.device | None = None, engine: str = "auto") -> None:
+    def __init__(self, model: CYWS, device: str | torch.device | None = None, engine: str = "auto",
+                 reference: str | Path | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.size = int(model.config["image_size"])
@@ -149,6 +156,7 @@ class CywsDetector:
         self.engine_name = engine
         resolve_engine(engine, self.device)  # a bad name fails here, before any work
         self._engine = None
+        self._reference = None if reference is None else str(reference)
 
     @property
     def engine(self):
@@ -159,16 +167,26 @@ class CywsDetector:
     @classmethod
     def from_reference(cls, ref: str | Path, device: str | None = None, engine: str = "auto") -> "CywsDetector":
         """The detector for a checkpoint path or an MLflow reference (see `load_reference`)."""
-        return cls(load_reference(ref), device=device, engine=engine)
+        return cls(load_reference(ref), device=device, engine=engine, reference=ref)
+
+    @classmethod
+    def build(cls, params: Any = None, *, model: CYWS | str | Path | None = None, engine: str = "auto",
+              device: str | None = None) -> "CywsDetector":
+        """From a loaded model or a reference (`from_reference`); `params` is not used."""
+        if model is None:
+            raise SpotdiffError(f"method {cls.name}: needs a trained model; pass a checkpoint path or an "
+                                f"MLflow reference ({REFERENCE_FORMS})")
+        if isinstance(model, CYWS):
+            return cls(model, device=device, engine=engine)
+        return cls.from_reference(model, device=device, engine=engine)
 
     @torch.no_grad()
-    def detect_batch(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]
-                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Detect on many pairs in one forward pass; boxes in each image's own pixels."""
-        if len(images_a) != len(images_b):
-            raise ValueError("detect_batch: as many A images as B images are needed")
-        if not images_a:
+    def detect_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Result]:
+        """Detect on many (A, B) pairs in one forward pass; boxes in each image's own pixels."""
+        if not pairs:
             return []
+        images_a = [a for a, _ in pairs]
+        images_b = [b for _, b in pairs]
         batch_a = _to_input(images_a, self.size, self.device)
         batch_b = _to_input(images_b, self.size, self.device)
         out_a, out_b = self.engine(batch_a, batch_b)  # CYWS.forward's outputs, from the chosen engine
@@ -199,29 +217,42 @@ class CywsDetector:
         qy = int(np.clip(point_a[1] / img_a.shape[0] * h, 0, h - 1))
         return a_to_b[qy, qx].float().cpu().numpy()
 
-    def detect(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        boxes_a, scores_a, boxes_b, scores_b = self.detect_batch([img_a], [img_b])[0]
-        if ignore_mask is not None:  # drop boxes of A whose centre falls in the ignored area
-            keep = _outside_mask(boxes_a, ignore_mask)
-            boxes_a, scores_a = boxes_a[keep], scores_a[keep]
-        return boxes_a, scores_a, boxes_b, scores_b
+    def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
+            keep_maps: bool = False) -> PairDetections:
+        """Detect on one pair; boxes lying mostly inside the ignore mask dropped (see the module doc)."""
+        result = self.detect_batch([(img_a, img_b)])[0]
+        dets = PairDetections.from_tuple(result, (img_a.shape[1], img_a.shape[0]),
+                                         (img_b.shape[1], img_b.shape[0]), paired=False)
+        return dets.drop_ignored(ignore_mask)
 
+    # -- the Detector interface ------------------------------------------------------------------
 
-def _outside_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    h, w = mask.shape[:2]
-    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
-    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
-    return ~mask[cy, cx].astype(bool)
+    def display(self, dets: PairDetections, top_k: int | None = None) -> PairDetections:
+        """Each image's `top_k` (default `DISPLAY_TOP_K`) boxes after non-maximum suppression."""
+        k = top_k or DISPLAY_TOP_K
+        ba, sa = suppress(dets.boxes_a, dets.scores_a, top_k=k)
+        bb, sb = suppress(dets.boxes_b, dets.scores_b, top_k=k)
+        return PairDetections(ba, sa, bb, sb, dets.size_a, dets.size_b)
 
+    @property
+    def reference(self) -> str | None:
+        return self._reference
 
-def suppress(boxes: np.ndarray, scores: np.ndarray, top_k: int = 5, iou: float = 0.3
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k boxes after non-maximum suppression, for display (the paper's Fig. 4 shows top 5)."""
-    from torchvision.ops import nms
+    def settings(self) -> dict[str, Any]:
+        return {"engine": self.engine_name}
 
-    if len(boxes) == 0:
-        return boxes.reshape(0, 4), scores.reshape(0)
-    keep = nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32), iou)
-    keep = keep[:top_k].numpy()
-    return boxes[keep], scores[keep]
+    def summary(self) -> str:
+        c = self.model.config
+        return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}, "
+                f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px")
+
+    def overlays(self, img_a: np.ndarray, img_b: np.ndarray, dets: PairDetections,
+                 shown: PairDetections) -> list[Overlay]:
+        """Co-attention: where the model looks in B from the centre of its top shown box in A."""
+        if not len(shown.boxes_a):
+            return []
+        x1, y1, x2, y2 = shown.boxes_a[0]
+        attention = self.attention_from(img_a, img_b, ((x1 + x2) / 2, (y1 + y2) / 2))
+        if attention is None:
+            return []
+        return [Overlay("b", attention, "co-attention on B from A's box #1")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import file_md5
 
 
 def read_json(path: str | Path, what: str, rerun: str) -> Any:
@@ -45,13 +45,6 @@ def git_revision(root: Path) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return fallback
 
-
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_md5(root: Path, model_path: Path) -> dict[str, Optional[str]]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.methods.learned import CywsDetector
+from spotdiff.models.checkpoint import load_model
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 MODEL_NAME_IN_RUN = "model"
@@ -58,9 +60,6 @@ with warnings.catch_warnings(record=True):  # recorded and dropped (MLflow reset
         """MLflow pyfunc wrapper: loads the logged checkpoint and runs `CywsDetector` on an image pair."""
 
         def load_context(self, context) -> None:
-            from spotdiff.methods.learned import CywsDetector
-            from spotdiff.models.checkpoint import load_model
-
             model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location="cpu")
             model.eval()
             self._detector = CywsDetector(model)

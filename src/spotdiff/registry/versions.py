@@ -13,9 +13,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import file_md5
 from spotdiff.models import official
 from spotdiff.models.checkpoint import model_from_checkpoint, read_checkpoint, save_model
-from spotdiff.registry.provenance import file_md5, git_revision, model_md5, now
+from spotdiff.registry.provenance import git_revision, model_md5, now
 from spotdiff.registry.rule import CHALLENGER, CHAMPION, METRIC_TAG_PREFIX, champion_info, decide, tag_value
 from spotdiff.registry.serving import log_pyfunc
 from spotdiff.tracking import redact_uri, setup_mlflow

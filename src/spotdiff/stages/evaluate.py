@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from spotdiff.evaluate_stage import evaluate
+from spotdiff.evaluation.stage import run_evaluation
 from spotdiff.params import Params
 
 
@@ -21,5 +21,5 @@ def run(params: Params, model: str | Path, run_info: str | Path | None, testsets
         out: str | Path, echo: Callable[[str], None] = print,
         warn: Callable[[str], None] = print) -> dict:
     """Evaluate and write the stage's files; `run_info` None = log nothing to MLflow."""
-    return evaluate(params, model, Path(run_info) if run_info else None, Path(testsets), Path(out),
+    return run_evaluation(params, model, Path(run_info) if run_info else None, Path(testsets), Path(out),
                     echo=echo, warn=warn)

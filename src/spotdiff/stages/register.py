@@ -26,10 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import write_json_atomic
+from spotdiff.fsutil import file_md5, write_json_atomic
 from spotdiff.metricsfile import flatten_metrics
 from spotdiff.params import Params
-from spotdiff.registry.provenance import file_md5, read_json
+from spotdiff.registry.provenance import read_json
 from spotdiff.registry.versions import register_version
 from spotdiff.tracking import find_repo_root, portable_uri, redact_uri, setup_mlflow
 

@@ -15,7 +15,6 @@ Lightning re-launches this command once per rank, and only rank 0 talks to MLflo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from spotdiff import tracking as mlflow_setup
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import write_json_atomic
+from spotdiff.fsutil import file_md5, write_json_atomic
 from spotdiff.params import Params, to_flat_dict
 from spotdiff.training.callbacks import KeepBestModel
 from spotdiff.training.datamodule import PairDataModule
@@ -38,14 +37,6 @@ from spotdiff.training.threads import apply_threads
 SUMMARY = "train.json"
 RUN_INFO = "train_run.json"
 
-
-def file_md5(path: Path) -> str:
-    """md5 of a file's bytes (what DVC records for a file output)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _trainer_kwargs(params: Params) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from spotdiff.evaluation import average_precision
+from spotdiff.evaluation.metrics import average_precision
 from spotdiff.models.centernet import decode
 from spotdiff.models.cyws import CYWS
 

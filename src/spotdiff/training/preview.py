@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spotdiff.boxes import suppress
 from spotdiff.data.pairs_dataset import PairDataset, collate_pairs
 from spotdiff.fsutil import atomic_path
-from spotdiff.methods.learned import suppress
 from spotdiff.models.checkpoint import load_model
 from spotdiff.render import draw_boxes, side_by_side
 

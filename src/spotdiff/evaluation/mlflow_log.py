@@ -1,0 +1,77 @@
+"""The evaluate stage's MLflow side: which training run to log into (from the training summary),
+checked before the long part, and the logging itself (metrics in batches, files as artifacts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import file_md5
+from spotdiff.params import Params
+from spotdiff.tracking import redact_uri, setup_mlflow
+
+
+def mlflow_run_id(train_info: Path | None, warn: Callable[[str], None],
+                  model: Path | str | None = None) -> str | None:
+    """The training run to log into (from the train stage's `train_run.json`), or None with a warning
+    line when there is none to trust: no file (training restored from DVC's cache), no run id
+    (trained without tracking), or a record of another model than `model` (compared by md5)."""
+    if train_info is None:
+        return None
+    fix = "rerun the train stage (`dvc repro -f train`) or pass --no-mlflow"
+    if not train_info.is_file():
+        warn(f"warning: {train_info} not found (training restored from DVC's cache?); the evaluation is "
+             "not logged to MLflow")
+        return None
+    try:
+        info = json.loads(train_info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpotdiffError(f"{train_info}: not valid JSON ({exc}); {fix}") from None
+    run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
+    if not run_id:
+        warn(f"warning: {train_info}: no mlflow_run_id (training ran without tracking); the evaluation "
+             "is not logged to MLflow")
+        return None
+    recorded = info.get("model_md5")
+    if recorded and model is not None and Path(model).is_file() and file_md5(Path(model)) != recorded:
+        warn(f"warning: {train_info} describes another model than {model}; the evaluation is not logged "
+             "to MLflow")
+        return None
+    return str(run_id)
+
+
+
+def check_run(params: Params, run_id: str, train_info: Path) -> None:
+    """SpotdiffError unless the tracking store holds `run_id` (checked before the long part)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    setup_mlflow(params)
+    uri = mlflow.get_tracking_uri()
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise SpotdiffError(f"{train_info}: MLflow run {run_id} is not in the tracking store "
+                            f"{redact_uri(uri)}; set MLFLOW_TRACKING_URI to the store the train stage "
+                            "used, rerun it, or pass --no-mlflow") from None
+
+
+def log_to_mlflow(run_id: str, flat: dict[str, float], out: Path, files: Sequence[Path]) -> None:
+    """Log `flat` metrics and `files` (under `out`) as artifacts `eval/...` into run `run_id`."""
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, 0) for k, v in flat.items()]
+    for i in range(0, len(items), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+    for f in files:
+        rel = f.parent.relative_to(out)
+        sub = "eval" if str(rel) == "." else f"eval/{rel.as_posix()}"
+        client.log_artifact(run_id, str(f), artifact_path=sub)

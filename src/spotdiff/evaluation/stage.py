@@ -1,0 +1,118 @@
+"""The `evaluate` stage: both methods on every test set, scored by the paper's protocol, with a report.
+
+`run_evaluation(params, model, train_info, testsets_dir, out, ...)` is its one entry point (the CLI's
+`spotdiff evaluate` calls it). For each method in `evaluate.methods` and each test set found under
+the test-set folder (`spotdiff.data.testsets.find_testsets`: COCO-Inpainted small / medium / large,
+Synthtext-Change, VIRAT-STD, Kubric-Change), every pair is read once and given to every method
+(`runner`); scores (`scoring`): VOC AP at `evaluate.iou_threshold`, both images of every pair
+pooled, no NMS and no score threshold (the paper's protocol), and COCO AP@[.5:.95] as a second
+column; COCO-Inpainted per size subset and pooled ("all", the paper's headline number).
+
+Outputs under `out` (each file written atomically; `plots/` and `samples/` swapped in whole). All but
+`timings.json` are the same bytes for the same model, data and params (DVC hashes them):
+- `metrics.json`  {method: {testset: {subset: {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt",
+  "pairs"}}}} (subset "all" for the sets without subsets; null where a set has no ground truth).
+  `spotdiff.metricsfile.flatten_metrics` joins keys with "/": `cyws/coco_inpainted/all/ap50` is the
+  default `register.primary_metric`.
+- `plots/pr_<method>_<testset>.csv`  the interpolated precision at 101 recall levels (pooled "all").
+- `pr_curves.png`  one panel per test set, every method.
+- `report.md`  method × test set (× size) table next to the paper's reference AP; says STAND-IN
+  whenever a set is one of our offline stand-ins.
+- `samples/<testset>.png`  a few pairs: ground truth and each method's displayed boxes.
+- `timings.json`  reading and detection times per set, the total and the device (not a DVC output).
+
+The metrics (flattened, "/"-separated names) and the times (`eval_time/...`), the report, the
+pictures, the CSVs and timings.json are logged to the training run named by `mlflow_run_id` in the
+training summary (rank 0 only); a summary without one is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from spotdiff import tracking
+from spotdiff.data.testsets import open_testset
+from spotdiff.errors import SpotdiffError
+from spotdiff.evaluation.mlflow_log import check_run, log_to_mlflow, mlflow_run_id
+from spotdiff.evaluation.plots import plot_curves, write_curve_csvs
+from spotdiff.evaluation.report import TIMINGS_FILE, _fmt, time_metrics, timings, write_report
+from spotdiff.evaluation.runner import build_detectors, discover, run_set
+from spotdiff.evaluation.samples import write_samples
+from spotdiff.evaluation.scoring import compute_metrics
+from spotdiff.fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from spotdiff.metricsfile import flatten_metrics  # the register stage reads metrics.json the same way
+from spotdiff.params import Params
+
+
+def check_outputs(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SpotdiffError(f"{out}: is a file; --out must be a folder")
+
+
+def run_evaluation(params: Params, model: Path | str, train_info: Path | None, testsets_dir: Path, out: Path,
+                   echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict:
+    """Run the stage; return the metrics dict. `model`: checkpoint path or MLflow reference (for the
+    methods that need one); `train_info=None` = no MLflow logging; `echo` / `warn` print progress /
+    warning lines (default: stdout / stderr)."""
+    import torch
+
+    cfg = params.evaluate
+    check_outputs(out)
+    # Everything that can be wrong with the inputs is found before the long part.
+    rows = discover(testsets_dir)
+    readers = [open_testset(path, name) for _, _, name, path in rows]
+    if warn is None:
+        def warn(line: str) -> None:
+            print(line, file=sys.stderr)
+    run_id = mlflow_run_id(train_info, warn, model) if tracking.is_rank_zero() else None
+    if run_id:
+        check_run(params, run_id, train_info)  # type: ignore[arg-type]
+    detectors = build_detectors(params, model)
+    methods = list(detectors)
+    titles = {m: d.title for m, d in detectors.items()}
+
+    start = time.perf_counter()
+    results = []
+    per_testset_samples: dict[str, int] = {}
+    for row in rows:  # COCO-Inpainted's samples are spread over its subsets
+        per_testset_samples[row[0]] = per_testset_samples.get(row[0], 0) + 1
+    for row, reader in zip(rows, readers):
+        n = math.ceil(cfg.samples_to_draw / per_testset_samples[row[0]])
+        results.append(run_set(reader, row, detectors, params, n))
+    metrics, curves = compute_metrics(results, methods, cfg.iou_threshold, cfg.max_boxes)
+    total = time.perf_counter() - start
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = write_report(results, metrics, detectors, params)
+    standin = {r.testset: r.is_standin for r in results}
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out / "plots") as tmp:
+        write_curve_csvs(tmp, curves)
+    with atomic_dir(out / "samples") as tmp:
+        write_samples(tmp, results, methods, cfg.samples_to_draw, titles)
+    plot_curves(out / "pr_curves.png", curves, metrics, standin, titles)
+    write_text_atomic(out / "report.md", report)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / TIMINGS_FILE, timings(results, methods, total, device))
+
+    for r in results:
+        secs = ", ".join(f"{m} {r.seconds[m]:.1f} s" for m in methods)
+        tag = " (stand-in)" if r.is_standin else ""
+        echo(f"  {r.name}{tag}: {r.pairs} pairs, read {r.read_seconds:.1f} s, {secs}")
+    for m in methods:
+        for testset, entry in metrics[m].items():
+            ap = entry["all"]["ap50"]
+            echo(f"  {m} {testset}: AP@{cfg.iou_threshold:g} {_fmt(ap)}")
+
+    if run_id:
+        flat = {**flatten_metrics(metrics), **time_metrics(results, methods, total)}
+        files = [out / "report.md", out / "pr_curves.png", out / "metrics.json", out / TIMINGS_FILE]
+        files += sorted((out / "plots").glob("*.csv")) + sorted((out / "samples").glob("*.png"))
+        log_to_mlflow(run_id, flat, out, files)
+        echo(f"  logged {len(flat)} metrics and {len(files)} files to MLflow run {run_id}")
+    echo(f"evaluate: {len(methods)} method(s) × {len(results)} set(s) -> {out} ({total:.1f} s)")
+    return metrics
