@@ -133,7 +133,7 @@ def test_stage_on_standins(standins, tiny_model, mlflow_store, capsys):
 def _write_virat(root: Path, pairs: int = 3) -> dict:
     """A VIRAT-format set (not a stand-in) where B = A plus one bright square on a flat background
     the pixel-wise method cannot miss it."""
-    from spotdiff.data.coco_inpainted import write_png_rgb
+    from spotdiff.imageio import write_png
 
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -143,8 +143,8 @@ def _write_virat(root: Path, pairs: int = 3) -> dict:
         b = a.copy()
         x, y = 20 + 25 * i, 15 + 10 * i
         b[y:y + 40, x:x + 40] = (240, 240, 60)  # far brighter in grey too
-        write_png_rgb(root / f"p{i}.png", a)
-        write_png_rgb(root / f"p{i}_2.png", b)
+        write_png(root / f"p{i}.png", a)
+        write_png(root / f"p{i}_2.png", b)
         annotations[f"p{i}"] = [[x, y, x + 40, y + 40]]
     np.save(root / "annotations.npy", annotations, allow_pickle=True)
     return annotations

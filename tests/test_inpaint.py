@@ -21,7 +21,6 @@ from spotdiff.data.coco_inpainted import (
     changed_ids,
     format_bits,
     parse_bits,
-    read_rgb,
 )
 from spotdiff.data.inpaint import (
     LamaInpainter,
@@ -33,6 +32,7 @@ from spotdiff.data.inpaint import (
 )
 from spotdiff.data.safe_pickle import load_npy_plain, load_pickle_plain
 from spotdiff.errors import SpotdiffError
+from spotdiff.imageio import load_image
 from spotdiff.params import InpaintParams
 
 # ---------------------------------------------------------------- <bits>
@@ -156,7 +156,7 @@ def test_writer_and_reader_round_trip(tmp_path):
 def test_opencv_changes_only_inside_the_dilated_mask(tmp_path):
     source = make_coco_source(tmp_path / "source", num_images=2)
     img = read_source(source)[1]
-    image = read_rgb(img.path)
+    image = load_image(img.path)
     from spotdiff.data.coco_inpainted import annotation_masks
 
     hole = dilate(annotation_masks(img.annotations, img.height, img.width)[0], 3)

@@ -44,7 +44,8 @@ import numpy as np
 
 from spotdiff.data.safe_pickle import load_npy_plain
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import atomic_path, torch_save_atomic, write_bytes_atomic
+from spotdiff.fsutil import atomic_path, torch_save_atomic
+from spotdiff.imageio import load_image, read_image_size, write_png
 
 ORIGINALS_DIR = "images_and_masks"
 INPAINTED_DIR = "inpainted"
@@ -97,31 +98,6 @@ def changed_ids(removed_a: Iterable[int], removed_b: Iterable[int]) -> frozenset
 # ---------------------------------------------------------------- image / mask helpers
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB; `SpotdiffError` when missing or unreadable."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise SpotdiffError(f"{path}: image not found; check the data set folder or rerun the stage "
-                            "that writes it")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SpotdiffError(f"{path}: not a readable image; delete it and rerun the stage that writes it")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def write_png_rgb(path: str | Path, image: np.ndarray) -> None:
-    """Write an H×W×3 uint8 RGB image as PNG, atomically."""
-    import cv2
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected H×W×3 uint8 RGB, got {image.dtype} {image.shape}")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - cv2 failure
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    write_bytes_atomic(path, buf.tobytes())
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -243,20 +219,12 @@ class CocoInpainted:
 
     def image_size(self, idx: int) -> tuple[int, int]:
         """(height, width) of the original image (read from the file header only)."""
-        from PIL import Image
-
-        path = self.original_path(idx)
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-        except (OSError, ValueError):
-            raise SpotdiffError(f"{path}: original image missing or unreadable; check the data set folder "
-                                "or rerun `spotdiff inpaint`") from None
+        width, height = read_image_size(self.original_path(idx))
         return int(height), int(width)
 
     # -- images
     def load_original(self, idx: int) -> np.ndarray:
-        return read_rgb(self.original_path(idx))
+        return load_image(self.original_path(idx))
 
     def versions(self, idx: int) -> list[InpaintedVersion]:
         """The inpainted versions of item `idx`, sorted by bits (a listing of `inpainted/` made once)."""
@@ -288,7 +256,7 @@ class CocoInpainted:
 
     def load_inpainted(self, version: InpaintedVersion, size: tuple[int, int] | None = None) -> np.ndarray:
         """The inpainted image, resized to `size` (height, width) or to the original's size."""
-        image = read_rgb(version.path)
+        image = load_image(version.path)
         height, width = size if size is not None else self.image_size(version.idx)
         return resize_to(image, height, width)
 
@@ -366,13 +334,13 @@ class CocoInpaintedWriter:
 
     def write_original(self, idx: int, image: np.ndarray) -> Path:
         path = self.original_path(idx)
-        write_png_rgb(path, image)
+        write_png(path, image)
         return path
 
     def write_inpainted(self, idx: int, removed: Iterable[int], num_annotations: int,
                         image: np.ndarray) -> Path:
         path = self.inpainted_path(idx, removed, num_annotations)
-        write_png_rgb(path, image)
+        write_png(path, image)
         return path
 
     def write_metadata(self, idx: int, annotations: Sequence[dict]) -> Path:

@@ -52,11 +52,10 @@ from spotdiff.data.coco_inpainted import (
     ORIGINALS_DIR,
     CocoInpaintedWriter,
     annotation_masks,
-    read_rgb,
-    write_png_rgb,
 )
 from spotdiff.errors import SpotdiffError
 from spotdiff.fsutil import write_json_atomic
+from spotdiff.imageio import load_image, write_png
 from spotdiff.params import InpaintParams
 
 RUN_FILE = ".inpaint-run.json"
@@ -329,7 +328,7 @@ def run_inpaint(params: InpaintParams, source: str | Path, out: str | Path,
                 group = group[:stop_after - done_images]
             jobs_img, jobs_mask, jobs_dest = [], [], []
             for img, plan in group:
-                image = read_rgb(img.path)
+                image = load_image(img.path)
                 if image.shape[:2] != (img.height, img.width):
                     raise SpotdiffError(f"{img.path}: size {image.shape[1]}x{image.shape[0]} differs from "
                                         f"instances.json ({img.width}x{img.height}); regenerate the source")
@@ -347,7 +346,7 @@ def run_inpaint(params: InpaintParams, source: str | Path, out: str | Path,
                     jobs_dest.append(dest)
             results = inpainter.inpaint(jobs_img, jobs_mask) if jobs_img else []
             for dest, result in zip(jobs_dest, results):
-                write_png_rgb(dest, result)
+                write_png(dest, result)
             done_versions += len(results)
             for img, _plan in group:  # metadata last: it marks the image complete
                 writer.write_metadata(img.idx, img.annotations)

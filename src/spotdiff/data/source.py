@@ -8,12 +8,10 @@ rerun would trust.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
@@ -21,6 +19,7 @@ from spotdiff import boxes as box_fmt
 from spotdiff.data import embedded
 from spotdiff.data.coco2017 import build_coco2017
 from spotdiff.fsutil import atomic_dir
+from spotdiff.imageio import write_png
 from spotdiff.params import DataParams
 
 INSTANCES = "instances.json"
@@ -32,12 +31,6 @@ def encode_mask(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG bytes with no timestamps or metadata, so equal pixels give equal bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
 
 
 def build_embedded(params: DataParams, out_dir: Path) -> dict:
@@ -51,7 +44,7 @@ def build_embedded(params: DataParams, out_dir: Path) -> dict:
         image, objects = embedded.generate_scene(rng, params.image_width, params.image_height, n_objects)
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
-        (out_dir / IMAGES / file_name).write_bytes(png_bytes(image))
+        write_png(out_dir / IMAGES / file_name, image, compress_level=6)
         images.append({"id": image_id, "file_name": file_name, "width": params.image_width,
                        "height": params.image_height})
         for obj in objects:

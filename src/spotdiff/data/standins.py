@@ -35,12 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from spotdiff.boxes import mask_to_box
-from spotdiff.data.coco_inpainted import CocoInpaintedWriter, write_png_rgb
+from spotdiff.data.coco_inpainted import CocoInpaintedWriter
 from spotdiff.data.embedded import background, paste_random_object, sample_box_size
 from spotdiff.data.source import encode_mask
 from spotdiff.data.testsets import COCO_SUBSETS, STANDIN_MARKER
 from spotdiff.data.transforms import PairAugmenter
 from spotdiff.fsutil import atomic_path
+from spotdiff.imageio import write_png
 from spotdiff.params import AugmentParams
 
 _KIND_IDS = {"coco_inpainted": 1, "synthtext_change": 2, "virat_std": 3, "kubric_change": 4}
@@ -197,7 +198,7 @@ def write_synthtext_standin(root: Path, pairs: int, size: int, seed: int) -> dic
             rng = _rng(seed, "synthtext_change", i)
             bg = background(rng, size, size)
             stem = f"standin_{i:04d}"
-            write_png_rgb(root / "bg_img" / f"{stem}.png", bg)
+            write_png(root / "bg_img" / f"{stem}.png", bg)
             text = bg.copy()
             boxes = _render_words(rng, text, int(rng.integers(1, 5)))
             key = f"{stem}.png_0"
@@ -245,8 +246,8 @@ def write_virat_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
         image_a = _composite(scene, [c for c, a in zip(changed, in_a) if a])
         image_b = _lighting(rng, _composite(scene, [c for c, a in zip(changed, in_a) if not a]))
         pid = f"{i:04d}"
-        write_png_rgb(root / f"{pid}.png", image_a)
-        write_png_rgb(root / f"{pid}_2.png", image_b)
+        write_png(root / f"{pid}.png", image_a)
+        write_png(root / f"{pid}_2.png", image_b)
         annotations[pid] = [mask_to_box(c.mask).tolist() for c in changed]
     with atomic_path(root / "annotations.npy") as tmp:
         with open(tmp, "wb") as fh:
@@ -298,12 +299,11 @@ def write_kubric_standin(root: Path, pairs: int, size: int, seed: int) -> dict:
             masks_k.append([warp(c.mask.astype(np.uint8), hom, True) > 0 for c, _ in changed])
         pid = str(i)
         for k in (0, 1):
-            write_png_rgb(root / f"{pid}_{k}.png", images_k[k])
+            write_png(root / f"{pid}_{k}.png", images_k[k])
             union = np.zeros((size, size), np.uint8)
             for m in masks_k[k]:
                 union[m] = 255
-            ok, buf = cv2.imencode(".png", union)
-            (root / f"mask_{pid}_0000{k}.png").write_bytes(buf.tobytes())
+            write_png(root / f"mask_{pid}_0000{k}.png", union)
         truth[pid] = [np.stack(m) if m else np.zeros((0, size, size), bool) for m in masks_k]
     write_marker(root, "Kubric-Change", f"{pairs} pairs, {size}px, seed {seed}")
     return truth

@@ -41,12 +41,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from spotdiff.boxes import box_areas, clip_boxes, mask_to_box
-from spotdiff.data.coco_inpainted import CocoInpainted, read_rgb, resize_to
+from spotdiff.data.coco_inpainted import CocoInpainted, resize_to
 from spotdiff.data.safe_pickle import load_npy_plain
 from spotdiff.data.transforms import PairAugmenter, image_to_tensor
 from spotdiff.download import download as fetch
 from spotdiff.download import extract_archive, file_digest
 from spotdiff.errors import SpotdiffError
+from spotdiff.imageio import load_image
 from spotdiff.params import AugmentParams
 
 STANDIN_MARKER = "STANDIN.txt"
@@ -84,10 +85,6 @@ def _boxes(rows, source: str) -> np.ndarray:
 def _clip_nonempty(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     boxes = clip_boxes(boxes, width, height)
     return boxes[box_areas(boxes) > 0]
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    return read_rgb(path)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -208,7 +205,7 @@ class SynthtextChange(TestSet):
         xs, ys = word_bb[0], word_bb[1]  # 4×N each
         boxes = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], axis=1)
         boxes = _clip_nonempty(_boxes(boxes, where), w, h)
-        image_a = resize_to(_read_rgb(self._bg[key]), h, w)
+        image_a = resize_to(load_image(self._bg[key]), h, w)
         return TestPair(image_a, image_b, boxes, boxes.copy(), key)
 
 
@@ -236,8 +233,8 @@ class ViratStd(TestSet):
 
     def __getitem__(self, i: int) -> TestPair:
         pid = self.pair_ids[i]
-        image_a = _read_rgb(self.root / f"{pid}.png")
-        image_b = _read_rgb(self.root / f"{pid}_2.png")
+        image_a = load_image(self.root / f"{pid}.png")
+        image_b = load_image(self.root / f"{pid}_2.png")
         boxes = self._boxes[pid]
         return TestPair(image_a, image_b, boxes.copy(), boxes.copy(), pid)
 
@@ -277,7 +274,7 @@ class KubricChange(TestSet):
         idx = self.pair_ids[i]
         images, boxes = [], []
         for k in (0, 1):
-            image = _read_rgb(self.root / f"{idx}_{k}.png")
+            image = load_image(self.root / f"{idx}_{k}.png")
             mask_path = self.root / f"mask_{idx}_0000{k}.png"
             mask = _read_mask(mask_path)
             if mask.shape != image.shape[:2]:

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import torch
 
-from spotdiff.data.coco_inpainted import write_png_rgb
 from spotdiff.data.pairs import MANIFEST, PREVIEW, build_manifest
 from spotdiff.data.pairs_dataset import PairDataset
 from spotdiff.fsutil import write_json_atomic
+from spotdiff.imageio import write_png
 from spotdiff.params import AugmentParams, Params
 
 
@@ -50,7 +50,7 @@ def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, 
     else:
         gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
         grid = np.concatenate(list(itertools.chain.from_iterable((r, gap) for r in rows))[:-1], axis=0)
-    write_png_rgb(out_path, grid)
+    write_png(out_path, grid)
     return len(rows)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from spotdiff.boxes import suppress
 from spotdiff.data.pairs_dataset import PairDataset, collate_pairs
-from spotdiff.fsutil import atomic_path
+from spotdiff.imageio import write_png
 from spotdiff.models.checkpoint import load_model
 from spotdiff.render import draw_boxes, side_by_side
 
@@ -36,5 +35,4 @@ def draw_val_predictions(model_path: Path, dataset: PairDataset, count: int, out
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     grid = side_by_side([np.concatenate(rows, axis=0)],
                         header="validation pairs: ground truth (green), top-5 predictions (red)")
-    with atomic_path(out_path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    write_png(out_path, grid, compress_level=6)
