@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,7 +82,7 @@ def test_manifest_is_deterministic(inpainted, tmp_path):
     params = PairsParams(val_fraction=0.25, pairs_per_image=3)
     assert build_manifest(params, inpainted, tmp_path) == build_manifest(params, inpainted, tmp_path)
     first = build_manifest(params, inpainted, tmp_path)
-    assert build_manifest(replace(params, seed=1), inpainted, tmp_path) != first
+    assert build_manifest(params.model_copy(update={"seed": 1}), inpainted, tmp_path) != first
 
 
 def test_pasted_pair_differs_only_inside_the_pasted_masks(manifest_path):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import yaml
 
 from spotdiff.params import SsimParams, load_params
@@ -12,10 +10,10 @@ from spotdiff.params import SsimParams, load_params
 
 def test_ssim_defaults_equal_params_yaml(repo_root):
     from_file = load_params(repo_root / "params.yaml").ssim
-    assert dataclasses.asdict(SsimParams()) == dataclasses.asdict(from_file)
+    assert SsimParams().model_dump() == from_file.model_dump()
     # and params.yaml spells every key out, so a reader sees the whole method there
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())["ssim"]
-    assert set(raw) == {f.name for f in dataclasses.fields(SsimParams)}
+    assert set(raw) == set(SsimParams.model_fields)
 
 
 def test_registration_is_on_by_default():

@@ -19,7 +19,6 @@ marks the same change.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,7 +162,7 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
         raise SpotdiffError(f"--engine: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     ssim = resolve_params(params)
     if align is not None:
-        ssim = dataclasses.replace(ssim, align=align)
+        ssim = SsimParams.model_validate({**ssim.model_dump(), "align": align})
     cap = max_pixels or MAX_PIXELS
     path_a, path_b = Path(path_a), Path(path_b)
     img_a = load_image(path_a, max_pixels=cap)
@@ -189,7 +188,7 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
     mask_setting = str(mask_path) if mask_path else (None if mask is None else "array")
     settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting}
     if method == "ssim":
-        settings["ssim"] = dataclasses.asdict(ssim)
+        settings["ssim"] = ssim.model_dump()
     else:
         settings["engine"] = engine
     return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,

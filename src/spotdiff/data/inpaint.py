@@ -1,4 +1,5 @@
-"""The `inpaint` stage: from a COCO instance dataset to the COCO-Inpainted layout (DESIGN §3, §4).
+"""The `inpaint` stage: from a COCO instance dataset to the COCO-Inpainted layout
+(the test set's published layout, see data/coco_inpainted.py).
 
 For every source image with at least one (non-crowd) annotation, n ∈ [1, max_versions] inpainted
 versions are made, each removing a different non-empty subset of its objects: the union of the
@@ -38,7 +39,7 @@ import os
 import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -232,7 +233,7 @@ def read_source(source: str | Path) -> list[SourceImage]:
 
 def _fingerprint(params: InpaintParams, source: Path) -> dict:
     digest = hashlib.sha256((source / "instances.json").read_bytes()).hexdigest()
-    keys = asdict(params)
+    keys = params.model_dump()
     keys.pop("batch_size", None)  # does not change the output
     keys.pop("device", None)
     return {"format": "spotdiff-inpaint/1", "params": keys, "instances_sha256": digest}

@@ -1,4 +1,4 @@
-"""The `pairs` stage: the manifest of training / validation pairs (DESIGN §3), and how a pair is loaded.
+"""The `pairs` stage: the manifest of training / validation pairs, and how a pair is loaded.
 
 A pair is built from one source item of a COCO-Inpainted folder:
 - `inpainted` (probability `p_inpainted`): two distinct images out of {original, its inpainted
@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +186,7 @@ def build_manifest(params: PairsParams, inpainted: str | Path, manifest_dir: str
     except ValueError:  # different drives
         root = str(inpainted.resolve())
     return {"format": FORMAT, "inpainted_root": root, "seed": params.seed,
-            "params": {k: v for k, v in asdict(params).items() if k != "augment"},
+            "params": params.model_dump(exclude={"augment"}),
             "counts": {"train": len(pairs["train"]), "val": len(pairs["val"]), "skipped": skipped},
             "splits": {"train": train, "val": val}, "pairs": pairs}
 
