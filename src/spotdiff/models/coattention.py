@@ -1,4 +1,4 @@
-"""Co-attention between the two images' feature maps: CoAM and the NOAM ablation (DESIGN §2).
+"""Co-attention between the two images' feature maps: CoAM and the NOAM ablation (the paper's CoAM).
 
 CoAM, for a query map f (B×C×H×W) and the other image's map g (B×C×H'×W'):
     Q = conv1x1_q(f) (B×d×HW),  K = conv1x1_k(g) (B×d×H'W'),  V = g (raw features)
@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ATTENTION_SCALES = ("none", "sqrt_d")
-ATTENTION_INITS = ("independent", "matching")
+from spotdiff.params import ATTENTION_INITS, ATTENTION_SCALES  # the choices, defined once
 
 
 class CoAttention(nn.Module):
