@@ -157,7 +157,7 @@ def test_working_resolution_keeps_every_change_and_the_boxes(manifest_path):
 
 def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2},
+    params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2, "pairs_per_image": 2},
                                            "model": {"image_size": 64}}))
     out = tmp_path / "pairs"
     args = ["pairs", "--params", str(params_file), "--inpainted", str(inpainted), "--out", str(out)]
