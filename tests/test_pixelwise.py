@@ -14,7 +14,7 @@ from spotdiff.errors import SpotdiffError
 from spotdiff.methods import Detector, PairDetections
 from spotdiff.methods.base import pair_labels
 from spotdiff.methods.pixelwise import SsimDetector, ssim_map, ssim_map_cv2
-from spotdiff.params import Params, SsimParams, params_from_dict
+from spotdiff.params import SsimParams
 
 PASTE = (300, 200, 400, 280)  # x1, y1, x2, y2 in the astronaut photo
 
@@ -63,12 +63,6 @@ def test_detector_protocol_and_validation():
     assert det.align == "auto"  # registration is on by default
     with pytest.raises(SpotdiffError, match="uint8"):
         det.detect(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8))
-
-
-def test_params_bounds_for_new_keys():
-    assert Params().ssim.min_threshold == 0.3 and Params().ssim.normalize is True
-    with pytest.raises(SpotdiffError, match="ssim.min_threshold"):
-        params_from_dict({"ssim": {"min_threshold": 3.0}})
 
 
 def test_identical_images_give_no_boxes(astronaut):
