@@ -38,7 +38,6 @@ reported: the like-for-like figure).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 from pathlib import Path
@@ -145,14 +144,14 @@ def main() -> int:
     for n in args.sizes:
         a, b, truth = make_pair(n)
         new = SsimParams()
-        old = dataclasses.replace(new, grouping="components", min_area_fraction=0.0005, align="none",
-                                  colour_scale=0.0, map_side=0)  # the built-in defaults before F8
-        same = dataclasses.replace(old, max_side=max(n, old.max_side), normalize=False)
+        old = SsimParams(grouping="components", min_area_fraction=0.0005, align="none",
+                         colour_scale=0.0, map_side=0)  # the built-in defaults before F8
+        same = old.model_copy(update={"max_side": max(n, old.max_side), "normalize": False})
         configs = {
             "same work": SsimDetector(same),
             "torch": SsimDetector(same, backend="torch"),
             "old defaults": SsimDetector(old),
-            "new defaults, no registration": SsimDetector(dataclasses.replace(new, align="none")),
+            "new defaults, no registration": SsimDetector(new.model_copy(update={"align": "none"})),
             "new defaults": SsimDetector(new),
         }
         # registration alone, on the working frame the new defaults use

@@ -1,4 +1,5 @@
-"""The `data` stage: embedded generator, COCO 2017 download + selection, params errors, DVC wiring."""
+"""The `data` stage: embedded generator, COCO 2017 download + selection, DVC wiring (params errors:
+test_params.py)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
-from spotdiff.cli import main
 from spotdiff import download as fetching
+from spotdiff.cli import main
 from spotdiff.data import coco2017
 from spotdiff.data.embedded import size_class
 from spotdiff.data.source import write_dataset
 from spotdiff.errors import SpotdiffError
-from spotdiff.params import CocoSourceParams, DataParams, load_params, params_from_dict
+from spotdiff.params import CocoSourceParams, DataParams
 
 
 def _write_params(path: Path, data: dict) -> Path:
@@ -108,50 +109,6 @@ def test_failed_run_leaves_previous_dataset_untouched(tmp_path, monkeypatch):
     assert (out / "instances.json").read_bytes() == before
     assert len(list((out / "images").iterdir())) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
-
-
-# ---------------------------------------------------------------- params errors
-
-
-@pytest.mark.parametrize("data, fragment", [
-    ({"num_images": -3}, "data.num_images must be > 0"),
-    ({"source": "flickr"}, "data.source must be one of embedded, coco2017"),
-    ({"num_imagez": 3}, "unknown key data.num_imagez"),
-    ({"num_images": "many"}, "data.num_images must be an integer"),
-    ({"min_objects": 4, "max_objects": 2}, "data.max_objects must be >= min_objects"),
-])
-def test_bad_params_give_one_clear_line_and_exit_2(tmp_path, capsys, data, fragment):
-    params = _write_params(tmp_path / "params.yaml", data)
-    code = main(["data", "--params", str(params), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert fragment in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_bad_params_from_the_console_script(tmp_path, spotdiff_bin):
-    params = _write_params(tmp_path / "params.yaml", {"num_images": -1})
-    proc = subprocess.run([spotdiff_bin, "data", "--params", str(params), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("spotdiff: error: params.yaml: data.num_images")
-    assert "Traceback" not in proc.stderr
-
-
-def test_missing_and_broken_params_files(tmp_path):
-    with pytest.raises(SpotdiffError, match="params file not found"):
-        load_params(tmp_path / "nope.yaml")
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("data: [unclosed\n")
-    with pytest.raises(SpotdiffError, match="not valid YAML"):
-        load_params(broken)
-
-
-def test_repository_profiles_are_valid(repo_root):
-    load_params(repo_root / "params.yaml")
-    for profile in sorted((repo_root / "profiles").glob("*.yaml")):
-        params_from_dict(yaml.safe_load(profile.read_text()))
 
 
 # ---------------------------------------------------------------- COCO 2017 against a local server

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +266,7 @@ def test_inpaint_stage_writes_the_layout_and_resumes_after_a_kill(tmp_path):
     assert run_inpaint(params, source, out).versions_done_now == 0
 
     # Different params: the previous files are not reused.
-    other = run_inpaint(replace(params, seed=5), source, out)
+    other = run_inpaint(params.model_copy(update={"seed": 5}), source, out)
     assert other.skipped_images == 0 and other.images_done_now == 6
 
 

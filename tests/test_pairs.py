@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,7 +82,7 @@ def test_manifest_is_deterministic(inpainted, tmp_path):
     params = PairsParams(val_fraction=0.25, pairs_per_image=3)
     assert build_manifest(params, inpainted, tmp_path) == build_manifest(params, inpainted, tmp_path)
     first = build_manifest(params, inpainted, tmp_path)
-    assert build_manifest(replace(params, seed=1), inpainted, tmp_path) != first
+    assert build_manifest(params.model_copy(update={"seed": 1}), inpainted, tmp_path) != first
 
 
 def test_pasted_pair_differs_only_inside_the_pasted_masks(manifest_path):
@@ -158,7 +157,7 @@ def test_working_resolution_keeps_every_change_and_the_boxes(manifest_path):
 
 def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2},
+    params_file.write_text(yaml.safe_dump({"pairs": {"preview_count": 3, "val_fraction": 0.2, "pairs_per_image": 2},
                                            "model": {"image_size": 64}}))
     out = tmp_path / "pairs"
     args = ["pairs", "--params", str(params_file), "--inpainted", str(inpainted), "--out", str(out)]

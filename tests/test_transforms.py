@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,7 +80,7 @@ def test_a_pair_left_with_no_visible_change_is_resampled_not_dropped():
     out = aug(a, b, masks, params=(identity_params(H, W), _params(tx=-60.0, ty=-60.0)))
     assert out.attempts == 2 and out.boxes_a.tolist() == [[0.0, 0.0, 6.0, 6.0]]
     # Sampling with huge translations: always some box (a lucky draw or the identity fallback).
-    wild = PairAugmenter(replace(AugmentParams(), translate=0.9, max_resample=2), H)
+    wild = PairAugmenter(AugmentParams().model_copy(update={"translate": 0.9, "max_resample": 2}), H)
     for seed in range(6):
         out = wild(a, b, masks, rng=np.random.default_rng(seed))
         assert len(out.boxes_a) == len(out.boxes_b) == 1
@@ -112,7 +111,7 @@ def test_sampled_params_are_deterministic_storable_and_replay_exactly():
 
 
 def test_disabled_augmentation_is_the_identity_plus_resize():
-    aug = PairAugmenter(replace(AugmentParams(), enabled=False), 48)
+    aug = PairAugmenter(AugmentParams().model_copy(update={"enabled": False}), 48)
     a, b, masks = _square_pair()
     out = aug(a, b, masks, rng=np.random.default_rng(0))
     assert out.boxes_a.tolist() == [[15.0, 20.0, 25.0, 30.0]]  # 96 -> 48: halved

@@ -22,7 +22,6 @@ marks the same change.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -149,7 +148,7 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
         raise SpotdiffError(f"--engine: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     ssim = resolve_params(params)
     if align is not None:
-        ssim = dataclasses.replace(ssim, align=align)
+        ssim = SsimParams.model_validate({**ssim.model_dump(), "align": align})
     cap = max_pixels or MAX_PIXELS
     path_a, path_b = Path(path_a), Path(path_b)
     img_a = load_image(path_a, max_pixels=cap)

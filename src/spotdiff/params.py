@@ -1,463 +1,598 @@
 """Typed view of `params.yaml`: the one place that knows its keys, their types and their bounds.
 
-Every stage reads its own section through `load_params()`; a wrong type, an out-of-range value, an
-unknown choice or an unknown key raises `SpotdiffError` naming the key and the fix.
+Every section is a frozen pydantic model (`extra="forbid"`); the built-in defaults are the values of
+the repository's params.yaml (the embedded, CPU-sized profile), so `spotdiff` run from a folder with
+no params.yaml behaves as inside the repository. Every stage reads its own section through
+`load_params()`; a wrong type, an out-of-range value, an unknown choice or an unknown key raises a
+one-line `SpotdiffError` naming the dotted key and the fix, whether the values come from a file, a
+dict (`params_from_dict`, `Model.model_validate`) or keywords (`TrainParams(lr=-1)`).
+
+Types are strict, as params.yaml is YAML: an integer key takes an integer (not a bool, a float or a
+string), a number key an integer or a float (stored as a float), a true/false key a bool, a string
+key a string, a list key a list.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from spotdiff.errors import SpotdiffError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
+# ---------------------------------------------------------------- model limits
+# The CYWS network's settings: the params schema below checks them, and `spotdiff.models` builds
+# (and re-checks a model built in code) with these same limits.
 
-def _check(cond: bool, key: str, rule: str, value: Any) -> None:
-    if not cond:
-        raise SpotdiffError(f"params.yaml: {key} must be {rule} (got {value!r}); fix the value and rerun")
+Backbone = Literal["resnet50", "resnet18"]
+AttentionKind = Literal["coam", "noam"]
+# Co-attention logit scale: "none" (the reference, needed for its published weights) or "sqrt_d"
+# (1/sqrt(key width): rows do not saturate from random init).
+AttentionScale = Literal["none", "sqrt_d"]
+# How the CoAM key conv starts: "independent" (the reference) or "matching" (a copy of the query
+# conv, so attention starts on corresponding positions; see models/coattention.py).
+AttentionInit = Literal["independent", "matching"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
+ATTENTIONS: tuple[str, ...] = typing.get_args(AttentionKind)
+ATTENTION_SCALES: tuple[str, ...] = typing.get_args(AttentionScale)
+ATTENTION_INITS: tuple[str, ...] = typing.get_args(AttentionInit)
+ATTENTION_LAYERS_MIN, ATTENTION_LAYERS_MAX = 1, 3
+IMAGE_SIZE_MIN, IMAGE_SIZE_MULTIPLE = 64, 32
+IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE}, >= {IMAGE_SIZE_MIN}"
+MAX_BOXES_MIN, MAX_BOXES_MAX = 1, 1000
+DECODER_BLOCKS = 5
+DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX = 1, 4096
+DECODER_CHANNELS_RULE = (f"{DECODER_BLOCKS} integers in [{DECODER_CHANNELS_MIN}, {DECODER_CHANNELS_MAX}], "
+                         "deepest block first")
+# The reference's decoder widths (and those of the authors' published weights), deepest block first.
+REFERENCE_DECODER_CHANNELS = (256, 256, 128, 128, 64)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def image_size_ok(value: Any) -> bool:
+    """An integer multiple of IMAGE_SIZE_MULTIPLE, at least IMAGE_SIZE_MIN."""
+    return _is_int(value) and value >= IMAGE_SIZE_MIN and value % IMAGE_SIZE_MULTIPLE == 0
+
+
+def decoder_channels_ok(value: Any) -> bool:
+    """DECODER_BLOCKS integers in [DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX]."""
+    return (isinstance(value, (list, tuple)) and len(value) == DECODER_BLOCKS
+            and all(_is_int(c) and DECODER_CHANNELS_MIN <= c <= DECODER_CHANNELS_MAX for c in value))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _rule_error(rule: str, value: Any, field: str | None = None) -> PydanticCustomError:
+    """A failed rule as a pydantic error; `field` names the key when raised by a model validator."""
+    ctx: dict[str, Any] = {"rule": rule, "value": value}
+    if field is not None:
+        ctx["field"] = field
+    return PydanticCustomError("spotdiff_rule", "must be {rule}", ctx)
+
+
+def _as_list(value: Any) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise _rule_error("a list", value)
+    return list(value)
+
+
+def _bounds_rule(info: Any) -> str | None:
+    """'> 0', '>= 1', 'in (0, 1]', ... from a field's Field(gt=, ge=, lt=, le=) constraints."""
+    bounds = {}
+    for m in info.metadata:  # annotated_types Gt, Ge, Lt, Le
+        bounds.update({k: getattr(m, k) for k in ("gt", "ge", "lt", "le") if getattr(m, k, None) is not None})
+    lower = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    upper = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
+    if lower and upper:
+        return f"in {lower[0]}{lower[1]}, {upper[1]}{upper[0]}"
+    if lower:
+        return f"{'>' if lower[0] == '(' else '>='} {lower[1]}"
+    if upper:
+        return f"{'<' if upper[0] == ')' else '<='} {upper[1]}"
+    return None
+
+
+def _type_rule(annotation: Any) -> str | None:
+    """The wording today's users know for a key's type: 'an integer', 'one of a, b', ..."""
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    base = typing.get_origin(annotation) or annotation
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "a list", list: "a list"}.get(base)
+
+
+_TYPE_ERRORS = {"bool_type", "bool_parsing", "int_type", "int_parsing", "int_from_float", "float_type",
+                "float_parsing", "string_type", "tuple_type", "list_type", "literal_error", "iterable_type"}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _where(key: str) -> str:
+    return f"{key}." if key else ""
+
+
+def _field_at(cls: type[BaseModel], loc: list[str]) -> Any:
+    """The FieldInfo that `loc` (relative to `cls`) ends in, or None."""
+    info = None
+    for part in loc:
+        fields = getattr(cls, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        cls = info.annotation  # the next section's class, when the field is one
+    return info
+
+
+def _one_line(cls: type[_Section], exc: ValidationError) -> SpotdiffError:
+    """The one-line message for the first error pydantic found while building a `cls`: the dotted key,
+    the rule it breaks (in the words of the former hand-written checks), the value, the fix."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "spotdiff_rule" and "field" in ctx:  # raised by a model validator: loc is the model's
+        loc.append(ctx["field"])
+    info = _field_at(cls, loc)
+    rule: str | None = None
+    if kind == "spotdiff_rule":
+        rule, value = ctx["rule"], ctx["value"]
+    elif kind == "extra_forbidden":  # normally caught earlier by _refuse_unknown_keys
+        return SpotdiffError(f"params.yaml: unknown key {_where(cls.yaml_key)}{'.'.join(loc)}; "
+                             "fix the spelling or remove it")
+    elif info is not None and kind in _TYPE_ERRORS:
+        rule = _type_rule(info.annotation)
+    elif info is not None and kind in _BOUND_ERRORS:
+        rule = _bounds_rule(info)
+    elif kind == "string_too_short" and ctx.get("min_length") == 1:
+        rule = "a non-empty name"
+    key = _where(cls.yaml_key) + ".".join(loc)
+    if rule is None:  # not expected from this schema; still one line
+        return SpotdiffError(f"params.yaml: {key}: {err['msg']} (got {value!r}); fix the value and rerun")
+    return SpotdiffError(f"params.yaml: {key} must be {rule} (got {value!r}); fix the value and rerun")
+
+
+class _Section(BaseModel):
+    """A params.yaml section: frozen, unknown keys refused, every error one `SpotdiffError` line.
+
+    Building one (keywords, `model_validate`, or as part of `Params`) turns pydantic's
+    ValidationError into that line: the first error, its location joined with "." after the
+    section's own place in params.yaml (`yaml_key`)."""
+
+    # protected_namespaces=(): `register.model_name` is a key, not pydantic's `model_*` API.
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    yaml_key: ClassVar[str] = ""  # the section's dotted place in params.yaml ("" = the top level)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _one_line(type(self), exc) from None
+
+    # Nested sections are still validated by pydantic-core directly, not through this __init__
+    # (the same marker pydantic's RootModel sets on its own __init__).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise _one_line(cls, exc) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: Any) -> Any:
+        # An unknown key (a typo) is named before any value of its section is looked at. SpotdiffError
+        # is not a ValueError, so pydantic lets it through unchanged from a nested section.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields), key=str)
+            if unknown:
+                raise SpotdiffError(
+                    f"params.yaml: unknown key {_where(cls.yaml_key)}{unknown[0]} "
+                    f"(known: {', '.join(sorted(cls.model_fields))}); fix the spelling or remove it")
+        elif not isinstance(data, cls):
+            if not cls.yaml_key:
+                raise SpotdiffError("params.yaml: the top level must be a mapping of sections")
+            raise SpotdiffError(f"params.yaml: {cls.yaml_key} must be a mapping (got {data!r})")
+        return data
+
+    def validate(self, key: str | None = None) -> None:  # type: ignore[override]
+        """Check the values again (a model is checked when built; `model_copy(update=...)` is not).
+
+        `key` is accepted for the callers of the former dataclasses; messages name the section's
+        own place in params.yaml."""
+        type(self).model_validate(self.model_dump())
 
 
 # ---------------------------------------------------------------- sections
 
 
-@dataclass(frozen=True)
-class CocoSourceParams:
+class CocoSourceParams(_Section):
     """Where and how to fetch COCO 2017, and which images to keep (the paper used 60 000)."""
 
-    base_url: str = "http://images.cocodataset.org"
-    images_zip: str = "zips/train2017.zip"
-    annotations_zip: str = "annotations/annotations_trainval2017.zip"
-    annotations_member: str = "annotations/instances_train2017.json"
+    yaml_key: ClassVar[str] = "data.coco"
+
+    base_url: StrictStr = "http://images.cocodataset.org"
+    images_zip: StrictStr = "zips/train2017.zip"
+    annotations_zip: StrictStr = "annotations/annotations_trainval2017.zip"
+    annotations_member: StrictStr = "annotations/instances_train2017.json"
     # Published sizes / md5s; empty string = not checked (e.g. for a local mirror).
-    images_md5: str = "cced6f7f71b7629ddf16f17bbcfab6b2"
-    annotations_md5: str = "f4bbac642086de4f52a3fdda2de5fa2c"
-    download_dir: str = "data/downloads"
-    max_images: int = 60000
-    min_object_area: float = 0.0
-    max_object_area_fraction: float = 1.0
-    min_objects_per_image: int = 1
-    max_objects_per_image: int = 20
+    images_md5: StrictStr = "cced6f7f71b7629ddf16f17bbcfab6b2"
+    annotations_md5: StrictStr = "f4bbac642086de4f52a3fdda2de5fa2c"
+    download_dir: StrictStr = "data/downloads"
+    max_images: StrictInt = Field(60000, gt=0)
+    min_object_area: StrictFloat = Field(0.0, ge=0)
+    max_object_area_fraction: StrictFloat = Field(1.0, gt=0, le=1)
+    min_objects_per_image: StrictInt = Field(1, ge=1)
+    max_objects_per_image: StrictInt = 20
 
-    def validate(self, key: str) -> None:
-        _check(self.max_images > 0, f"{key}.max_images", "> 0", self.max_images)
-        _check(self.min_object_area >= 0, f"{key}.min_object_area", ">= 0", self.min_object_area)
-        _check(0 < self.max_object_area_fraction <= 1, f"{key}.max_object_area_fraction", "in (0, 1]",
-               self.max_object_area_fraction)
-        _check(self.min_objects_per_image >= 1, f"{key}.min_objects_per_image", ">= 1",
-               self.min_objects_per_image)
-        _check(self.max_objects_per_image >= self.min_objects_per_image, f"{key}.max_objects_per_image",
-               ">= min_objects_per_image", self.max_objects_per_image)
+    @model_validator(mode="after")
+    def _objects_range(self) -> CocoSourceParams:
+        if self.max_objects_per_image < self.min_objects_per_image:
+            raise _rule_error(">= min_objects_per_image", self.max_objects_per_image, "max_objects_per_image")
+        return self
 
 
-@dataclass(frozen=True)
-class DataParams:
+class DataParams(_Section):
     """`data` stage: the COCO-format instance dataset everything else is built from."""
 
+    yaml_key: ClassVar[str] = "data"
+
     source: Literal["embedded", "coco2017"] = "embedded"
-    seed: int = 0
-    num_images: int = 48
-    image_width: int = 320
-    image_height: int = 256
-    min_objects: int = 2
-    max_objects: int = 5
-    coco: CocoSourceParams = field(default_factory=CocoSourceParams)
+    seed: StrictInt = 0
+    num_images: StrictInt = Field(300, gt=0)
+    image_width: StrictInt = Field(320, ge=64)
+    image_height: StrictInt = Field(256, ge=64)
+    min_objects: StrictInt = Field(2, ge=1)
+    max_objects: StrictInt = 5
+    coco: CocoSourceParams = Field(default_factory=CocoSourceParams)
 
-    def validate(self, key: str) -> None:
-        _check(self.num_images > 0, f"{key}.num_images", "> 0", self.num_images)
-        _check(self.image_width >= 64, f"{key}.image_width", ">= 64", self.image_width)
-        _check(self.image_height >= 64, f"{key}.image_height", ">= 64", self.image_height)
-        _check(self.min_objects >= 1, f"{key}.min_objects", ">= 1", self.min_objects)
-        _check(self.max_objects >= self.min_objects, f"{key}.max_objects", ">= min_objects",
-               self.max_objects)
-        self.coco.validate(f"{key}.coco")
+    @model_validator(mode="after")
+    def _objects_range(self) -> DataParams:
+        if self.max_objects < self.min_objects:
+            raise _rule_error(">= min_objects", self.max_objects, "max_objects")
+        return self
 
 
-@dataclass(frozen=True)
-class InpaintParams:
+class InpaintParams(_Section):
     """`inpaint` stage: n in [1, max_versions] inpainted versions per image, each removing a subset."""
 
+    yaml_key: ClassVar[str] = "inpaint"
+
     backend: Literal["opencv", "lama"] = "opencv"
-    seed: int = 0
-    max_versions: int = 3
-    dilate_px: int = 5
+    seed: StrictInt = 0
+    max_versions: StrictInt = Field(3, ge=1, le=8)
+    dilate_px: StrictInt = Field(5, ge=0)
     opencv_method: Literal["telea", "ns"] = "telea"
-    opencv_radius: int = 5
-    lama_checkpoint: str = "models/big-lama.pt"
-    batch_size: int = 4
+    opencv_radius: StrictInt = Field(5, ge=1)
+    lama_checkpoint: StrictStr = "models/big-lama.pt"
+    batch_size: StrictInt = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    def validate(self, key: str) -> None:
-        _check(1 <= self.max_versions <= 8, f"{key}.max_versions", "in [1, 8]", self.max_versions)
-        _check(self.dilate_px >= 0, f"{key}.dilate_px", ">= 0", self.dilate_px)
-        _check(self.opencv_radius >= 1, f"{key}.opencv_radius", ">= 1", self.opencv_radius)
-        _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
 
-
-@dataclass(frozen=True)
-class AugmentParams:
+class AugmentParams(_Section):
     """Per-image augmentation applied before the resize (paper: jitter 0.1, affine ±30°, ±0.2, 0.8–1.5)."""
 
-    enabled: bool = True
-    jitter: float = 0.1
-    rotation_deg: float = 30.0
-    translate: float = 0.2
-    scale_min: float = 0.8
-    scale_max: float = 1.5
-    max_resample: int = 20
+    yaml_key: ClassVar[str] = "pairs.augment"
+
+    enabled: StrictBool = True
+    jitter: StrictFloat = Field(0.1, ge=0, le=0.5)
+    rotation_deg: StrictFloat = Field(30.0, ge=0, le=180)
+    translate: StrictFloat = Field(0.2, ge=0, lt=1)
+    scale_min: StrictFloat = Field(0.8, gt=0)
+    scale_max: StrictFloat = 1.5
+    max_resample: StrictInt = Field(20, ge=1)
     # Augment at this multiple of the model's input side (the source's long side brought down to
     # work_scale × S first, never up); 0 = at the source's own resolution. The boxes are still the
     # tight boxes of the warped masks, at a resolution finer than the model's input.
-    work_scale: float = 2.0
+    work_scale: StrictFloat = 2.0
 
-    def validate(self, key: str) -> None:
-        _check(self.work_scale == 0 or self.work_scale >= 1, f"{key}.work_scale", "0 (off) or >= 1",
-               self.work_scale)
-        _check(0 <= self.jitter <= 0.5, f"{key}.jitter", "in [0, 0.5]", self.jitter)
-        _check(0 <= self.rotation_deg <= 180, f"{key}.rotation_deg", "in [0, 180]", self.rotation_deg)
-        _check(0 <= self.translate < 1, f"{key}.translate", "in [0, 1)", self.translate)
-        _check(0 < self.scale_min <= self.scale_max, f"{key}.scale_min", "> 0 and <= scale_max",
-               self.scale_min)
-        _check(self.max_resample >= 1, f"{key}.max_resample", ">= 1", self.max_resample)
+    @field_validator("work_scale")
+    @classmethod
+    def _work_scale(cls, value: float) -> float:
+        if not (value == 0 or value >= 1):
+            raise _rule_error("0 (off) or >= 1", value)
+        return value
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AugmentParams:
+        if self.scale_min > self.scale_max:
+            raise _rule_error("> 0 and <= scale_max", self.scale_min, "scale_min")
+        return self
 
 
-@dataclass(frozen=True)
-class PairsParams:
+class PairsParams(_Section):
     """`pairs` stage: the manifest of training / validation pairs."""
 
-    seed: int = 0
-    p_inpainted: float = 0.5
-    val_fraction: float = 0.05
-    pairs_per_image: int = 2
-    preview_count: int = 8
-    augment: AugmentParams = field(default_factory=AugmentParams)
+    yaml_key: ClassVar[str] = "pairs"
 
-    def validate(self, key: str) -> None:
-        _check(0 <= self.p_inpainted <= 1, f"{key}.p_inpainted", "in [0, 1]", self.p_inpainted)
-        _check(0 < self.val_fraction < 1, f"{key}.val_fraction", "in (0, 1)", self.val_fraction)
-        _check(self.pairs_per_image >= 1, f"{key}.pairs_per_image", ">= 1", self.pairs_per_image)
-        _check(self.preview_count >= 0, f"{key}.preview_count", ">= 0", self.preview_count)
-        self.augment.validate(f"{key}.augment")
+    seed: StrictInt = 0
+    p_inpainted: StrictFloat = Field(0.5, ge=0, le=1)
+    val_fraction: StrictFloat = Field(0.1, gt=0, lt=1)
+    pairs_per_image: StrictInt = Field(4, ge=1)
+    preview_count: StrictInt = Field(8, ge=0)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    """The CYWS network (DESIGN §2)."""
+class ModelParams(_Section):
+    """The CYWS network: shared ResNet encoder, co-attention, U-Net decoder, CenterNet head."""
 
-    backbone: Literal["resnet50", "resnet18"] = "resnet18"
-    attention: Literal["coam", "noam"] = "coam"
-    attention_layers: int = 3
-    scse: bool = True
-    image_size: int = 128
+    yaml_key: ClassVar[str] = "model"
+
+    backbone: Backbone = "resnet18"
+    attention: AttentionKind = "coam"
+    attention_layers: StrictInt = Field(3, ge=ATTENTION_LAYERS_MIN, le=ATTENTION_LAYERS_MAX)
+    scse: StrictBool = True
+    image_size: StrictInt = 64
     # Local ImageNet weights (a torchvision state_dict file). Empty = random init; never downloaded.
-    pretrained_weights: str = ""
-    max_boxes: int = 100
-    # Co-attention logit scale: "none" (the reference, needed for its published weights) or "sqrt_d"
-    # (1/sqrt(key width): rows do not saturate from random init).
-    attention_scale: Literal["none", "sqrt_d"] = "none"
-    # How the CoAM key conv starts: "independent" (the reference) or "matching" (a copy of the query
-    # conv, so attention starts on corresponding positions; see models/coattention.py).
-    attention_init: Literal["independent", "matching"] = "independent"
+    pretrained_weights: StrictStr = ""
+    max_boxes: StrictInt = Field(100, ge=MAX_BOXES_MIN, le=MAX_BOXES_MAX)
+    # See AttentionScale: the reference (and its published weights) needs "none".
+    attention_scale: AttentionScale = "sqrt_d"
+    attention_init: AttentionInit = "independent"
     # U-Net decoder widths, deepest block first; the head's hidden width is the last one. The
-    # reference (and its published weights): 256, 256, 128, 128, 64. The decoder and head run at
-    # full resolution and take ~90 % of a CPU step at 64 px: half widths make a step 2.2x cheaper.
-    decoder_channels: tuple = (256, 256, 128, 128, 64)
+    # reference (and its published weights): REFERENCE_DECODER_CHANNELS = 256, 256, 128, 128, 64.
+    # The decoder and head run at full resolution and take most of a CPU step at 64 px: quarter
+    # widths make a 64 px step ~3.6x cheaper.
+    decoder_channels: tuple[int, ...] = (64, 64, 32, 32, 16)
 
-    def validate(self, key: str) -> None:
-        _check(len(self.decoder_channels) == 5 and all(
-            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in self.decoder_channels),
-            f"{key}.decoder_channels", "5 integers in [1, 4096], deepest block first",
-            list(self.decoder_channels))
-        _check(1 <= self.attention_layers <= 3, f"{key}.attention_layers", "in [1, 3]",
-               self.attention_layers)
-        _check(self.image_size >= 64 and self.image_size % 32 == 0, f"{key}.image_size",
-               "a multiple of 32, >= 64", self.image_size)
-        _check(1 <= self.max_boxes <= 1000, f"{key}.max_boxes", "in [1, 1000]", self.max_boxes)
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int) -> int:
+        if not image_size_ok(value):
+            raise _rule_error(IMAGE_SIZE_RULE, value)
+        return value
+
+    @field_validator("decoder_channels", mode="before")
+    @classmethod
+    def _decoder_channels(cls, value: Any) -> tuple:
+        items = _as_list(value)
+        if not decoder_channels_ok(items):
+            raise _rule_error(DECODER_CHANNELS_RULE, items)
+        return tuple(items)
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(_Section):
     """`train` stage: optimiser, batch, epochs and the Lightning Trainer settings."""
 
-    seed: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    batch_size: int = 16
-    max_epochs: int = 4
-    num_workers: int = 0
+    yaml_key: ClassVar[str] = "train"
+
+    seed: StrictInt = 0
+    lr: StrictFloat = Field(1e-3, gt=0)
+    weight_decay: StrictFloat = Field(5e-4, ge=0)
+    batch_size: StrictInt = Field(8, ge=1)
+    max_epochs: StrictInt = Field(4, ge=1)
+    num_workers: StrictInt = Field(0, ge=0)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu"
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    log_every_n_steps: int = 5
-    preview_pairs: int = 4
+    devices: Any = 1  # "auto" or an integer >= 1
+    num_nodes: StrictInt = Field(1, ge=1)
+    strategy: StrictStr = "auto"
+    # bf16-mixed runs on any CPU (Lightning's CPU autocast; native bf16 instructions only make it
+    # faster); 16-mixed needs a GPU (the train stage refuses it on a CPU).
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "bf16-mixed"
+    log_every_n_steps: StrictInt = 10
+    preview_pairs: StrictInt = 4
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
-    max_steps: int = -1
+    max_steps: StrictInt = 1200
     # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
     # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    warmup_start_factor: float = 0.01
-    min_lr_factor: float = 0.01
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: StrictInt = Field(30, ge=0)
+    warmup_start_factor: StrictFloat = Field(0.01, gt=0, le=1)
+    min_lr_factor: StrictFloat = Field(0.01, ge=0, le=1)
     # Validate (val/loss, val/ap50) every this many steps; 0 = once per epoch.
-    val_every_n_steps: int = 0
+    val_every_n_steps: StrictInt = Field(200, ge=0)
     # Which validation result picks the kept model (the paper: lowest val/loss).
-    monitor: Literal["val/loss", "val/ap50"] = "val/loss"
+    monitor: Literal["val/loss", "val/ap50"] = "val/ap50"
     # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use.
-    num_threads: int = 0
+    num_threads: StrictInt = Field(0, ge=0)
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
     # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
-    affine_start_step: int = 0
-    affine_ramp_steps: int = 0
+    affine_start_step: StrictInt = Field(400, ge=0)
+    affine_ramp_steps: StrictInt = Field(400, ge=0)
 
-    def validate(self, key: str) -> None:
-        _check(self.lr > 0, f"{key}.lr", "> 0", self.lr)
-        _check(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "-1 or >= 1", self.max_steps)
-        _check(self.warmup_steps >= 0, f"{key}.warmup_steps", ">= 0", self.warmup_steps)
-        _check(0 < self.warmup_start_factor <= 1, f"{key}.warmup_start_factor", "in (0, 1]",
-               self.warmup_start_factor)
-        _check(0 <= self.min_lr_factor <= 1, f"{key}.min_lr_factor", "in [0, 1]", self.min_lr_factor)
-        _check(self.val_every_n_steps >= 0, f"{key}.val_every_n_steps", ">= 0", self.val_every_n_steps)
-        _check(self.val_every_n_steps == 0 or self.max_steps == -1 or self.max_steps % self.val_every_n_steps == 0,
-               f"{key}.max_steps", "a multiple of val_every_n_steps (so the last step is validated)",
-               self.max_steps)
-        _check(self.num_threads >= 0, f"{key}.num_threads", ">= 0", self.num_threads)
-        _check(self.affine_start_step >= 0, f"{key}.affine_start_step", ">= 0", self.affine_start_step)
-        _check(self.affine_ramp_steps >= 0, f"{key}.affine_ramp_steps", ">= 0", self.affine_ramp_steps)
-        _check(self.weight_decay >= 0, f"{key}.weight_decay", ">= 0", self.weight_decay)
-        _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
-        _check(self.max_epochs >= 1, f"{key}.max_epochs", ">= 1", self.max_epochs)
-        _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
-        _check(self.num_nodes >= 1, f"{key}.num_nodes", ">= 1", self.num_nodes)
-        _check(self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
-               f"{key}.devices", "'auto' or an integer >= 1", self.devices)
-        _check(self.precision in {"32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"},
-               f"{key}.precision", "one of 32-true, 16-mixed, bf16-mixed, bf16-true", self.precision)
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        if not (value == "auto" or (_is_int(value) and value >= 1)):
+            raise _rule_error("'auto' or an integer >= 1", value)
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if not (value == -1 or value >= 1):
+            raise _rule_error("-1 or >= 1", value)
+        return value
+
+    @model_validator(mode="after")
+    def _last_step_validated(self) -> TrainParams:
+        if self.val_every_n_steps and self.max_steps != -1 and self.max_steps % self.val_every_n_steps:
+            raise _rule_error("a multiple of val_every_n_steps (so the last step is validated)",
+                              self.max_steps, "max_steps")
+        return self
 
 
-@dataclass(frozen=True)
-class SsimParams:
-    """Pixel-wise method (DESIGN §5). These defaults are the `ssim:` section of params.yaml (a test
-    checks it): `spotdiff detect` run outside the repository behaves as inside it."""
+class SsimParams(_Section):
+    """Pixel-wise method (SSIM difference map, threshold, regions). These defaults are the `ssim:`
+    section of params.yaml (a test checks it): `spotdiff detect` run outside the repository behaves
+    as inside it."""
 
-    sigma: float = 1.5
-    threshold: Any = "otsu"  # "otsu" or a float in (0, 1] on the difference map
+    yaml_key: ClassVar[str] = "ssim"
+
+    sigma: StrictFloat = Field(1.5, gt=0)
+    threshold: Any = "otsu"  # "otsu" or a number in (0, 2] on the difference map (kept as given)
     # Regions: "objects" groups the thresholded difference into one box per changed object
     # (hysteresis, proximity gap, overlapping boxes merged); "components" is the plain rule
     # (opening + closing with morph_kernel, one box per connected component).
     grouping: Literal["objects", "components"] = "objects"
-    morph_kernel: int = 5  # "components" only
+    morph_kernel: StrictInt = Field(5, ge=0)  # "components" only
     # "objects": pixels above hysteresis × threshold join a region that has a pixel above threshold.
     # 1.0 (off) by default: below 1 boxes grow into the SSIM window's halo (stand-in COCO AP 0.37 → 0.21 at 0.5).
-    hysteresis: float = 1.0
+    hysteresis: StrictFloat = Field(1.0, gt=0, le=1)
     # "objects": fragments closer than this fraction of the working frame's longer side are one object.
-    group_gap: float = 0.012
+    group_gap: StrictFloat = Field(0.012, ge=0, lt=0.5)
     # "objects": a region must hold a pixel whose grey level moved by this much (in [0, 1]) or whose
     # mean colour moved past min_threshold; JPEG ringing that SSIM rates as different does not.
-    seed_delta: float = 0.15
+    seed_delta: StrictFloat = Field(0.15, ge=0, le=1)
     # Regions smaller than this fraction of the frame are dropped (a few pixels of a glyph still count).
-    min_area_fraction: float = 0.00002
-    max_side: int = 1024
+    min_area_fraction: StrictFloat = Field(0.00002, ge=0, lt=1)
+    max_side: StrictInt = Field(1024, ge=64)
     # A working frame whose longer side is above this gets its difference map (SSIM, colour term,
     # regions) on every 2nd pixel, from statistics over every pixel (~3× faster at 1024²; boxes on a
     # 2-px grid). 0 = always every pixel. The torch backend always computes every pixel.
-    map_side: int = 512
+    map_side: StrictInt = Field(512, ge=0)
     # auto: homography from feature matches when they support one, else identity (the choice is in
     # the report); homography: features, then ECC, then identity, each fallback a warning; none.
     align: Literal["none", "homography", "auto"] = "auto"
     # Otsu never goes below this on the difference map (identical or near-identical images box nothing).
-    min_threshold: float = 0.3
+    min_threshold: StrictFloat = Field(0.3, ge=0, le=2)
     # Fit B's colour channels to A's (robust gain + offset): exposure and white balance are not a change.
-    normalize: bool = True
+    normalize: StrictBool = True
     # Local mean colour difference (RMS over R, G, B in [0, 1]) that counts as a full difference; it
     # finds flat and iso-luminant changes SSIM on grey misses. 0 = grey SSIM only.
-    colour_scale: float = 0.25
+    colour_scale: StrictFloat = Field(0.25, ge=0)
 
-    def validate(self, key: str) -> None:
-        _check(self.sigma > 0, f"{key}.sigma", "> 0", self.sigma)
-        _check(0 <= self.min_threshold <= 2, f"{key}.min_threshold", "in [0, 2]", self.min_threshold)
-        _check(self.threshold == "otsu" or (isinstance(self.threshold, (int, float))
-                                            and 0 < float(self.threshold) <= 2),
-               f"{key}.threshold", "'otsu' or a number in (0, 2]", self.threshold)
-        _check(self.morph_kernel >= 0, f"{key}.morph_kernel", ">= 0", self.morph_kernel)
-        _check(0 < self.hysteresis <= 1, f"{key}.hysteresis", "in (0, 1]", self.hysteresis)
-        _check(0 <= self.group_gap < 0.5, f"{key}.group_gap", "in [0, 0.5)", self.group_gap)
-        _check(0 <= self.seed_delta <= 1, f"{key}.seed_delta", "in [0, 1]", self.seed_delta)
-        _check(0 <= self.min_area_fraction < 1, f"{key}.min_area_fraction", "in [0, 1)",
-               self.min_area_fraction)
-        _check(self.max_side >= 64, f"{key}.max_side", ">= 64", self.max_side)
-        _check(self.map_side >= 0, f"{key}.map_side", ">= 0", self.map_side)
-        _check(self.colour_scale >= 0, f"{key}.colour_scale", ">= 0", self.colour_scale)
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (value == "otsu" or (number and 0 < float(value) <= 2)):
+            raise _rule_error("'otsu' or a number in (0, 2]", value)
+        return value
 
 
-@dataclass(frozen=True)
-class TestsetsParams:
+class TestsetsParams(_Section):
     """`testsets` stage: offline stand-ins of the four test sets, or the official ones."""
 
+    yaml_key: ClassVar[str] = "testsets"
+
     source: Literal["standin", "official"] = "standin"
-    seed: int = 123
-    pairs_per_set: int = 24
-    image_size: int = 256
-    official_root: str = "data/official"
+    seed: StrictInt = 123
+    pairs_per_set: StrictInt = Field(16, ge=1)
+    image_size: StrictInt = Field(256, ge=64)
+    official_root: StrictStr = "data/official"
     # source: official — the folder URL holding SHA512SUMS and the archives (the authors' cyws data page),
     # and which archives to fetch (empty = every file listed in SHA512SUMS). Archives are cached in
     # official_root.
-    official_base_url: str = ""
-    official_archives: tuple = ()
+    official_base_url: StrictStr = ""
+    official_archives: tuple[str, ...] = ()
 
-    def validate(self, key: str) -> None:
-        _check(self.pairs_per_set >= 1, f"{key}.pairs_per_set", ">= 1", self.pairs_per_set)
-        _check(self.image_size >= 64, f"{key}.image_size", ">= 64", self.image_size)
-        _check(all(isinstance(a, str) and a for a in self.official_archives), f"{key}.official_archives",
-               "a list of archive file names", list(self.official_archives))
-        _check(self.source != "official" or bool(self.official_base_url), f"{key}.official_base_url",
-               "set (the URL of the folder holding SHA512SUMS) when source is official",
-               self.official_base_url)
+    @field_validator("official_archives", mode="before")
+    @classmethod
+    def _archives(cls, value: Any) -> tuple:
+        items = _as_list(value)
+        if not all(isinstance(a, str) and a for a in items):
+            raise _rule_error("a list of archive file names", items)
+        return tuple(items)
+
+    @model_validator(mode="after")
+    def _official_needs_url(self) -> TestsetsParams:
+        if self.source == "official" and not self.official_base_url:
+            raise _rule_error("set (the URL of the folder holding SHA512SUMS) when source is official",
+                              self.official_base_url, "official_base_url")
+        return self
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(_Section):
     """`evaluate` stage: the paper's protocol (VOC AP@0.5, 100 boxes per image, no NMS)."""
 
-    methods: tuple = ("cyws", "ssim")
-    iou_threshold: float = 0.5
-    max_boxes: int = 100
-    batch_size: int = 8
-    samples_to_draw: int = 4
+    yaml_key: ClassVar[str] = "evaluate"
+
+    methods: tuple[str, ...] = ("cyws", "ssim")
+    iou_threshold: StrictFloat = Field(0.5, gt=0, lt=1)
+    max_boxes: StrictInt = Field(100, ge=1)
+    batch_size: StrictInt = Field(1, ge=1)
+    samples_to_draw: StrictInt = Field(4, ge=0)
     # Boxes drawn per image in eval/samples (after NMS for cyws; the paper's Fig. 4 shows 5).
-    draw_top_k: int = 5
+    draw_top_k: StrictInt = Field(5, ge=1)
     # Worker processes reading test pairs (0 = in the main process).
-    num_workers: int = 0
-    # How CYWS's forward pass runs (spotdiff.methods.engines): auto = ONNX Runtime on a CPU (same
-    # boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime | channels_last
-    # | compile | bf16.
-    engine: str = "auto"
+    num_workers: StrictInt = Field(0, ge=0)
+    # How CYWS's forward pass runs (spotdiff.methods.engines.ENGINES): auto = ONNX Runtime on a CPU
+    # (same boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime |
+    # channels_last | compile | bf16.
+    engine: Literal["auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"] = "auto"
 
-    def validate(self, key: str) -> None:
-        _check(self.engine in ("auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"),
-               f"{key}.engine", "one of auto, eager, onnxruntime, channels_last, compile, bf16", self.engine)
-        _check(len(self.methods) >= 1 and set(self.methods) <= {"cyws", "ssim"}, f"{key}.methods",
-               "a non-empty list of cyws, ssim", list(self.methods))
-        _check(len(set(self.methods)) == len(self.methods), f"{key}.methods", "without repeats",
-               list(self.methods))
-        _check(0 < self.iou_threshold < 1, f"{key}.iou_threshold", "in (0, 1)", self.iou_threshold)
-        _check(self.max_boxes >= 1, f"{key}.max_boxes", ">= 1", self.max_boxes)
-        _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
-        _check(self.samples_to_draw >= 0, f"{key}.samples_to_draw", ">= 0", self.samples_to_draw)
-        _check(self.draw_top_k >= 1, f"{key}.draw_top_k", ">= 1", self.draw_top_k)
-        _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> tuple:
+        items = _as_list(value)
+        if not items or not all(isinstance(m, str) and m in ("cyws", "ssim") for m in items):
+            raise _rule_error("a non-empty list of cyws, ssim", items)
+        if len(set(items)) != len(items):
+            raise _rule_error("without repeats", items)
+        return tuple(items)
 
 
-@dataclass(frozen=True)
-class RegisterParams:
+class RegisterParams(_Section):
     """`register` stage: MLflow registry name and the champion rule."""
 
-    model_name: str = "spotdiff"
-    primary_metric: str = "cyws/coco_inpainted/all/ap50"
-    promote_margin: float = 0.0
-    ap_floor: float = 0.0
+    yaml_key: ClassVar[str] = "register"
 
-    def validate(self, key: str) -> None:
-        _check(bool(self.model_name), f"{key}.model_name", "a non-empty name", self.model_name)
-        _check(self.promote_margin >= 0, f"{key}.promote_margin", ">= 0", self.promote_margin)
-        _check(0 <= self.ap_floor <= 1, f"{key}.ap_floor", "in [0, 1]", self.ap_floor)
+    model_name: StrictStr = Field("spotdiff", min_length=1)
+    primary_metric: StrictStr = "cyws/coco_inpainted/all/ap50"
+    promote_margin: StrictFloat = Field(0.0, ge=0)
+    ap_floor: StrictFloat = Field(0.05, ge=0, le=1)
 
 
-@dataclass(frozen=True)
-class MlflowParams:
+class MlflowParams(_Section):
     """Tracking: empty tracking_uri = SQLite at <repo>/mlruns/mlflow.db; env MLFLOW_TRACKING_URI wins."""
 
-    tracking_uri: str = ""
-    experiment: str = "spotdiff"
-    artifact_location: str = ""
+    yaml_key: ClassVar[str] = "mlflow"
 
-    def validate(self, key: str) -> None:
-        _check(bool(self.experiment), f"{key}.experiment", "a non-empty name", self.experiment)
+    tracking_uri: StrictStr = ""
+    experiment: StrictStr = Field("spotdiff", min_length=1)
+    artifact_location: StrictStr = ""
 
 
-@dataclass(frozen=True)
-class Params:
-    data: DataParams = field(default_factory=DataParams)
-    inpaint: InpaintParams = field(default_factory=InpaintParams)
-    pairs: PairsParams = field(default_factory=PairsParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    ssim: SsimParams = field(default_factory=SsimParams)
-    testsets: TestsetsParams = field(default_factory=TestsetsParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    register: RegisterParams = field(default_factory=RegisterParams)
-    mlflow: MlflowParams = field(default_factory=MlflowParams)
+with warnings.catch_warnings():
+    # `register` is also ABCMeta.register on the class (pydantic's metaclass); instances see the field.
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f.name)
+    class Params(_Section):
+        """The whole params.yaml: one model per section."""
+
+        data: DataParams = Field(default_factory=DataParams)
+        inpaint: InpaintParams = Field(default_factory=InpaintParams)
+        pairs: PairsParams = Field(default_factory=PairsParams)
+        model: ModelParams = Field(default_factory=ModelParams)
+        train: TrainParams = Field(default_factory=TrainParams)
+        ssim: SsimParams = Field(default_factory=SsimParams)
+        testsets: TestsetsParams = Field(default_factory=TestsetsParams)
+        evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+        register: RegisterParams = Field(default_factory=RegisterParams)
+        mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
 
 # ---------------------------------------------------------------- parsing
-
-
-def _literal_choices(tp: Any) -> Optional[tuple]:
-    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise SpotdiffError(f"params.yaml: {key} must be a mapping (got {value!r})")
-        return _build(tp, value, key)
-    choices = _literal_choices(tp)
-    if choices is not None:
-        _check(value in choices, key, "one of " + ", ".join(map(str, choices)), value)
-        return value
-    if tp is bool:
-        _check(isinstance(value, bool), key, "true or false", value)
-        return value
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
-        return value
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, "a string", value)
-        return value
-    if tp is tuple:
-        _check(isinstance(value, (list, tuple)), key, "a list", value)
-        return tuple(value)
-    return value  # Any
-
-
-def _build(cls: type, raw: dict, key: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        where = f"{key}." if key else ""
-        raise SpotdiffError(
-            f"params.yaml: unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))}); "
-            "fix the spelling or remove it")
-    kwargs = {}
-    for name, value in raw.items():
-        sub = f"{key}.{name}" if key else name
-        kwargs[name] = _coerce(value, hints[name], sub)
-    return cls(**kwargs)
 
 
 def params_from_dict(raw: dict) -> Params:
     """Build and validate `Params` from a parsed params.yaml mapping (missing keys take defaults)."""
     if not isinstance(raw, dict):
         raise SpotdiffError("params.yaml: the top level must be a mapping of sections")
-    params = _build(Params, raw, "")
-    params.validate()
-    return params
+    return Params.model_validate(raw)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
@@ -472,15 +607,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     return params_from_dict(raw)
 
 
-def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+def to_flat_dict(obj: BaseModel, prefix: str = "") -> dict[str, Any]:
     """Flatten a params section to {"a.b": value} (for MLflow `log_params`)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
             out.update(to_flat_dict(value, key + "."))
         else:
             out[key] = value
     return out
-

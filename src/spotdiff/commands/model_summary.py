@@ -15,7 +15,7 @@ def model_summary(
     attention: str = typer.Option("coam", help="co-attention: coam | noam (plain concatenation)"),
     scse: bool = typer.Option(True, "--scse/--no-scse", help="scSE attention in the decoder"),
     layers: int = typer.Option(3, help="how many of the deepest feature maps get attention (1..3)"),
-    image_size: int = typer.Option(256, help="input size S (multiple of 32) for the feature-map shapes"),
+    image_size: int = typer.Option(256, help="input size S (a multiple of 32, >= 64) for the feature-map shapes"),
 ) -> None:
     """Print total trainable parameters and the breakdown (encoder, attention, decoder, head)."""
     import torch
@@ -24,9 +24,10 @@ def model_summary(
 
     from spotdiff.errors import SpotdiffError
     from spotdiff.models.cyws import CYWS
+    from spotdiff.params import IMAGE_SIZE_RULE, image_size_ok
 
-    if image_size < 32 or image_size % 32:
-        raise SpotdiffError(f"--image-size: {image_size} must be a positive multiple of 32; e.g. 256")
+    if not image_size_ok(image_size):
+        raise SpotdiffError(f"--image-size: {image_size} must be {IMAGE_SIZE_RULE}; e.g. 256")
     with torch.device("meta"):
         model = CYWS(backbone=backbone, attention=attention, attention_layers=layers, scse=scse,
                      image_size=image_size)

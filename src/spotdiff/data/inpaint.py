@@ -38,7 +38,7 @@ import os
 import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -231,7 +231,7 @@ def read_source(source: str | Path) -> list[SourceImage]:
 
 def _fingerprint(params: InpaintParams, source: Path) -> dict:
     digest = hashlib.sha256((source / "instances.json").read_bytes()).hexdigest()
-    keys = asdict(params)
+    keys = params.model_dump()
     keys.pop("batch_size", None)  # does not change the output
     keys.pop("device", None)
     return {"format": "spotdiff-inpaint/1", "params": keys, "instances_sha256": digest}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +185,7 @@ def build_manifest(params: PairsParams, inpainted: str | Path, manifest_dir: str
     except ValueError:  # different drives
         root = str(inpainted.resolve())
     return {"format": FORMAT, "inpainted_root": root, "seed": params.seed,
-            "params": {k: v for k, v in asdict(params).items() if k != "augment"},
+            "params": params.model_dump(exclude={"augment"}),
             "counts": {"train": len(pairs["train"]), "val": len(pairs["val"]), "skipped": skipped},
             "splits": {"train": train, "val": val}, "pairs": pairs}
 

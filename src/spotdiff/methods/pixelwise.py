@@ -48,7 +48,6 @@ the difference and the difference is zeroed, so nothing there is ever reported.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from typing import Any
@@ -126,7 +125,7 @@ class SsimDetector(Detector):
                               dets.size_b, paired=len(dets.boxes_a) == len(dets.boxes_b)).filter(top_k=top_k)
 
     def settings(self) -> dict[str, Any]:
-        return {"ssim": {**dataclasses.asdict(self.params), "align": self.align}}
+        return {"ssim": {**self.params.model_dump(), "align": self.align}}
 
     def summary(self) -> str:
         p = self.params

@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ATTENTION_SCALES = ("none", "sqrt_d")
-ATTENTION_INITS = ("independent", "matching")
+from spotdiff.params import ATTENTION_INITS, ATTENTION_SCALES  # the choices, defined once
 
 
 class CoAttention(nn.Module):

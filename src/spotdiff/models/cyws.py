@@ -28,22 +28,38 @@ from torch import nn
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.models.centernet import CenterNetHead, centernet_loss, decode
-from spotdiff.models.coattention import (
-    ATTENTION_INITS,
-    ATTENTION_SCALES,
-    CoAttention,
-    NoAttention,
-    key_widths,
-)
+from spotdiff.models.coattention import CoAttention, NoAttention, key_widths
 from spotdiff.models.decoder import UnetDecoder
-from spotdiff.models.encoder import STAGE_CHANNELS, ResNetEncoder
+from spotdiff.models.encoder import ResNetEncoder
+
+# The limits of the model's settings are the params schema's (one definition, in spotdiff.params):
+# a model built from params.yaml was checked there; one built in code is checked here the same way.
+from spotdiff.params import (
+    ATTENTION_INITS,
+    ATTENTION_LAYERS_MAX,
+    ATTENTION_LAYERS_MIN,
+    ATTENTION_SCALES,
+    ATTENTIONS,
+    BACKBONES,
+    DECODER_CHANNELS_RULE,
+    IMAGE_SIZE_RULE,
+    MAX_BOXES_MAX,
+    MAX_BOXES_MIN,
+    REFERENCE_DECODER_CHANNELS,
+    decoder_channels_ok,
+    image_size_ok,
+)
 
 FORMAT = "spotdiff-cyws/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DECODER_CHANNELS = (256, 256, 128, 128, 64)
+DECODER_CHANNELS = REFERENCE_DECODER_CHANNELS  # the reference's widths: the constructor's default
 CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
                "max_boxes", "attention_scale", "attention_init", "decoder_channels")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class CYWS(nn.Module):
@@ -63,24 +79,24 @@ class CYWS(nn.Module):
         decoder_channels: Sequence[int] = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
-        if backbone not in STAGE_CHANNELS:
-            raise SpotdiffError(f"model.backbone: {backbone!r} is not supported; use resnet50 or resnet18")
-        if attention not in ("coam", "noam"):
-            raise SpotdiffError(f"model.attention: {attention!r} is not supported; use coam or noam")
-        if not (isinstance(attention_layers, int) and 1 <= attention_layers <= 3):
-            raise SpotdiffError(f"model.attention_layers: {attention_layers!r} must be 1, 2 or 3")
-        if not (isinstance(max_boxes, int) and max_boxes >= 1):
-            raise SpotdiffError(f"model.max_boxes: {max_boxes!r} must be an integer >= 1")
-        if not (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0):
-            raise SpotdiffError(f"model.image_size: {image_size!r} must be a multiple of 32")
+        if backbone not in BACKBONES:
+            raise SpotdiffError(f"model.backbone: {backbone!r} is not supported; use one of {', '.join(BACKBONES)}")
+        if attention not in ATTENTIONS:
+            raise SpotdiffError(f"model.attention: {attention!r} is not supported; use one of {', '.join(ATTENTIONS)}")
+        if not (_is_int(attention_layers) and ATTENTION_LAYERS_MIN <= attention_layers <= ATTENTION_LAYERS_MAX):
+            raise SpotdiffError(f"model.attention_layers: {attention_layers!r} must be an integer in "
+                                f"[{ATTENTION_LAYERS_MIN}, {ATTENTION_LAYERS_MAX}]")
+        if not (_is_int(max_boxes) and MAX_BOXES_MIN <= max_boxes <= MAX_BOXES_MAX):
+            raise SpotdiffError(f"model.max_boxes: {max_boxes!r} must be an integer in [{MAX_BOXES_MIN}, {MAX_BOXES_MAX}]")
+        if not image_size_ok(image_size):
+            raise SpotdiffError(f"model.image_size: {image_size!r} must be {IMAGE_SIZE_RULE}")
         if attention_scale not in ATTENTION_SCALES:
             raise SpotdiffError(f"model.attention_scale: {attention_scale!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_SCALES)}")
         decoder_channels = list(decoder_channels)
-        if not (len(decoder_channels) == 5 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
-                                                   for c in decoder_channels)):
-            raise SpotdiffError(f"model.decoder_channels: {decoder_channels!r} must be 5 positive integers, "
-                                "deepest block first (the reference: 256, 256, 128, 128, 64)")
+        if not decoder_channels_ok(decoder_channels):
+            raise SpotdiffError(f"model.decoder_channels: {decoder_channels!r} must be {DECODER_CHANNELS_RULE} "
+                                f"(the reference: {', '.join(map(str, REFERENCE_DECODER_CHANNELS))})")
         if attention_init not in ATTENTION_INITS:
             raise SpotdiffError(f"model.attention_init: {attention_init!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_INITS)}")

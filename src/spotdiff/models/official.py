@@ -19,7 +19,8 @@ Key mapping (ours ⇄ published):
 
 (The Sequential indices agree: cSE = pool, conv 1, ReLU, conv 3, sigmoid; sSE = conv 0, sigmoid;
 conv = conv 0, BN 1, ReLU.) The model is built with the reference's settings — image size 256,
-CoAM logits unscaled (`attention_scale="none"`), no ImageNet mean/std on the input — and with the
+CoAM logits unscaled (`attention_scale="none"`), independently initialised key convs, decoder widths
+256, 256, 128, 128, 64, no ImageNet mean/std on the input — and with the
 backbone, number of CoAM layers and scSE read off the weights (the published file: ResNet-50,
 3×CoAM, scSE).
 """
@@ -35,11 +36,14 @@ import torch
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.models.cyws import CYWS
+from spotdiff.params import REFERENCE_DECODER_CHANNELS
 
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 PUBLISHED_PREFIXES = ("unet_model.", "coattention_modules.", "centernet_head.")
-# The settings the authors trained and evaluated with (the rest is read off the weights).
-REFERENCE_SETTINGS = {"image_size": 256, "attention_scale": "none", "pretrained_weights": "",
+# The settings the authors trained and evaluated with (the rest is read off the weights). Every one
+# is spelled out, never left to a default: params.yaml's (and ModelParams') embedded recipe differs.
+REFERENCE_SETTINGS = {"image_size": 256, "attention_scale": "none", "attention_init": "independent",
+                      "decoder_channels": REFERENCE_DECODER_CHANNELS, "pretrained_weights": "",
                       "max_boxes": 100}
 # The paper's Table 1 (AP@0.5) for the published R50 / 3×CoAM / scSE / affine checkpoint.
 PAPER_AP50 = {"coco_inpainted": 0.63, "synthtext_change": 0.89, "virat_std": 0.54, "kubric_change": 0.76}
