@@ -8,11 +8,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers.env import REPO_ROOT, TELEMETRY_OFF, VENV_BIN
+from helpers.env import REPO_ROOT, SPOTDIFF, TELEMETRY_OFF
 from helpers.http import LocalServer, serve_folder
 from helpers.mlflow_store import reset_mlflow, sqlite_uri, use_repo_store
 
@@ -35,7 +36,7 @@ def repo_root() -> Path:
 @pytest.fixture
 def spotdiff_bin() -> str:
     """The installed console script, for tests that need a real process and exit code."""
-    return str(VENV_BIN / "spotdiff")
+    return str(SPOTDIFF)
 
 
 # ---------------------------------------------------------------- environment
@@ -53,7 +54,7 @@ def telemetry_off(monkeypatch) -> None:
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
+def mlflow_store(tmp_path, monkeypatch) -> Iterator[str]:
     """A throw-away SQLite store (`tmp_path/mlflow.db`) named by MLFLOW_TRACKING_URI, the way a user
     points every command at one store; yields its URI. mlflow's global URI is reset afterwards."""
     uri = sqlite_uri(tmp_path)
@@ -63,7 +64,7 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def mlflow_repo(tmp_path, monkeypatch) -> Path:
+def mlflow_repo(tmp_path, monkeypatch) -> Iterator[Path]:
     """`tmp_path` as the repository folder (cwd), telemetry off, no MLFLOW_TRACKING_URI or
     MLFLOW_REGISTRY_URI: MLflow uses the project's default store, `tmp_path/mlruns/mlflow.db`.
     mlflow's global URI is reset afterwards."""
@@ -76,7 +77,7 @@ def mlflow_repo(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def http_server(tmp_path) -> LocalServer:
+def http_server(tmp_path) -> Iterator[LocalServer]:
     """`tmp_path/www` served on 127.0.0.1 (Range requests answered, every GET recorded)."""
     root = tmp_path / "www"
     root.mkdir()
