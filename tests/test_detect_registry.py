@@ -9,29 +9,21 @@ reference resolve that would not resolve for a user.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-SPOTDIFF = Path(sys.executable).with_name("spotdiff")
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+from helpers.env import SPOTDIFF, subprocess_env
+from helpers.images import write_image_pair
+from helpers.mlflow_store import STORE_ENV, reset_mlflow, start_training_run, use_repo_store, write_run_record
+from helpers.models import save_tiny_cyws
+
 CHAMPION_BOXES, CHALLENGER_BOXES = 7, 10  # max_boxes of the two versions: tells which one answered
 
 
 def _pair(folder: Path) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    a = (rng.random((72, 96, 3)) * 255).astype(np.uint8)
-    b = a.copy()
-    b[20:50, 30:70] = 250
-    Image.fromarray(a).save(folder / "a.png")
-    Image.fromarray(b).save(folder / "b.png")
+    write_image_pair(folder, size=(72, 96), change=(20, 50, 30, 70), value=250)
 
 
 @pytest.fixture(scope="module")
@@ -39,56 +31,37 @@ def repo(tmp_path_factory):
     """A repository folder (params.yaml, SQLite store under mlruns/) whose registry holds `spotdiff`
     version 1 (champion, max_boxes 7) and version 2 (challenger only, max_boxes 10)."""
     import mlflow
-    import torch
 
-    from spotdiff.models.checkpoint import save_model
-    from spotdiff.models.cyws import CYWS
     from spotdiff.params import load_params
     from spotdiff.stages.register import run as register
-    from spotdiff.tracking import setup_mlflow
 
     root = tmp_path_factory.mktemp("repo")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *TELEMETRY_OFF)}
-    os.environ.update(TELEMETRY_OFF)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        (root / "params.yaml").write_text("register:\n  model_name: spotdiff\n  promote_margin: 0.01\n"
-                                          "mlflow:\n  experiment: detect-registry-test\n")
-        params = load_params(root / "params.yaml")
-        setup_mlflow(params, root)
-        with mlflow.start_run() as run:
-            mlflow.log_metric("train/loss", 1.0)
-        (root / "models").mkdir()
-        (root / "models/train_run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
-        (root / "eval").mkdir()
-        for ap, boxes in ((0.30, CHAMPION_BOXES), (0.30, CHALLENGER_BOXES)):
-            torch.manual_seed(0)
-            save_model(CYWS(backbone="resnet18", attention_layers=1, scse=False, image_size=64,
-                            max_boxes=boxes), root / "models/cyws.pt")
-            (root / "eval/metrics.json").write_text(json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": ap}}}}))
-            register(params, root / "models/cyws.pt", root / "models/train_run.json",
-                     root / "eval/metrics.json", root / "registry/registered.json",
-                     record=root / "registry/registration.json", root=root)
-        (root / "models/cyws.pt").unlink()  # only the registry can answer now
-        uri = mlflow.get_tracking_uri()
-    finally:
-        mlflow.set_tracking_uri(None)
-        os.chdir(cwd)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with pytest.MonkeyPatch.context() as mp:
+        use_repo_store(mp, root)
+        try:
+            (root / "params.yaml").write_text("register:\n  model_name: spotdiff\n  promote_margin: 0.01\n"
+                                              "mlflow:\n  experiment: detect-registry-test\n")
+            params = load_params(root / "params.yaml")
+            run_id = start_training_run(params, root)
+            write_run_record(root / "models/train_run.json", run_id)
+            (root / "eval").mkdir()
+            for ap, boxes in ((0.30, CHAMPION_BOXES), (0.30, CHALLENGER_BOXES)):
+                save_tiny_cyws(root / "models/cyws.pt", attention_layers=1, scse=False, max_boxes=boxes)
+                (root / "eval/metrics.json").write_text(
+                    json.dumps({"cyws": {"coco_inpainted": {"all": {"ap50": ap}}}}))
+                register(params, root / "models/cyws.pt", root / "models/train_run.json",
+                         root / "eval/metrics.json", root / "registry/registered.json",
+                         record=root / "registry/registration.json", root=root)
+            (root / "models/cyws.pt").unlink()  # only the registry can answer now
+            uri = mlflow.get_tracking_uri()
+        finally:
+            reset_mlflow()
     _pair(root)
-    return {"root": root, "uri": uri, "run_id": run.info.run_id}
+    return {"root": root, "uri": uri, "run_id": run_id}
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    return {**env, **TELEMETRY_OFF, "PYTHONWARNINGS": "ignore", **extra}
+    return subprocess_env(drop=STORE_ENV, PYTHONWARNINGS="ignore", **extra)
 
 
 def _detect(folder: Path, env: dict, *model: str) -> subprocess.CompletedProcess:

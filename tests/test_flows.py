@@ -12,30 +12,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers.env import REPO_ROOT
+
 sys.path.insert(0, str(REPO_ROOT))
 
 from flows import pipeline  # noqa: E402
 
 from spotdiff.errors import SpotdiffError  # noqa: E402
 
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _telemetry_off(monkeypatch):
-    for key, value in TELEMETRY_OFF.items():
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("telemetry_off")
 
 
 @pytest.fixture(scope="module")
 def prefect_api():
-    """One throw-away Prefect API for the module (the server start is most of the cost)."""
-    import os
-
-    for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
+    """One throw-away Prefect API for the module (the server start is most of the cost; telemetry is
+    off process-wide, tests/conftest.py)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -219,8 +210,9 @@ TINY_OVERRIDES = {
 
 
 @pytest.fixture
-def project_copy(tmp_path: Path, monkeypatch) -> Path:
-    """This repository's pipeline (dvc.yaml, params.yaml, the code it depends on) in a fresh git repo."""
+def project_copy(tmp_path: Path, mlflow_store) -> Path:
+    """This repository's pipeline (dvc.yaml, params.yaml, the code it depends on) in a fresh git repo;
+    its stages log to `mlflow_store` (MLFLOW_TRACKING_URI)."""
     import shutil
 
     repo = tmp_path / "project"
@@ -229,7 +221,6 @@ def project_copy(tmp_path: Path, monkeypatch) -> Path:
         shutil.copy(REPO_ROOT / name, repo / name)
     shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     _commit_as_dvc_repo(repo)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return repo
 
 

@@ -3,14 +3,13 @@ clear SpotdiffError naming the path."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.images import png_header_only
 from spotdiff.errors import SpotdiffError
 from spotdiff.imageio import load_image, load_mask, read_image_size, save_png_atomic
 
@@ -18,18 +17,6 @@ from spotdiff.imageio import load_image, load_mask, read_image_size, save_png_at
 def _rgb(h: int = 24, w: int = 32) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width×height but carries almost no data (a decompression bomb shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-    idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
 
 
 # ---------------------------------------------------------------- good files

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from coco_fixture import make_coco_source
+from helpers.coco import make_coco_source
 from spotdiff.cli import main
 from spotdiff.data.coco_inpainted import (
     CocoInpainted,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.models import save_tiny_cyws
 from spotdiff.boxes import suppress
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.learned import CywsDetector
@@ -91,8 +92,7 @@ def test_suppress_keeps_top_k_without_overlaps():
 
 
 def test_references(tmp_path):
-    model = CYWS(backbone="resnet18", image_size=64)
-    save_model(model, tmp_path / "m.pt")
+    save_tiny_cyws(tmp_path / "m.pt", seed=None)
     loaded = CywsDetector.from_reference(tmp_path / "m.pt", device="cpu")
     assert loaded.size == 64 and loaded.reference == str(tmp_path / "m.pt")
     with pytest.raises(SpotdiffError, match="not found"):

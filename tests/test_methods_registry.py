@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from helpers.models import tiny_cyws
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods import METHODS, Detector, PairDetections, build_detector, method_class, model_methods
 from spotdiff.methods.learned import CywsDetector
 from spotdiff.methods.pixelwise import SsimDetector
 from spotdiff.models.checkpoint import save_model
-from spotdiff.models.cyws import CYWS
 from spotdiff.params import Params, SsimParams
 
 
@@ -37,8 +36,7 @@ def test_build_ssim_from_params_or_its_section():
 
 
 def test_build_cyws_from_a_model_or_a_reference(tmp_path):
-    torch.manual_seed(0)
-    model = CYWS(backbone="resnet18", image_size=64)
+    model = tiny_cyws(seed=0)
     det = build_detector("cyws", Params(), model=model, device="cpu", engine="eager")
     assert isinstance(det, CywsDetector) and det.settings() == {"engine": "eager"} and det.reference is None
     save_model(model, tmp_path / "m.pt")

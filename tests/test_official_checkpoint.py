@@ -1,15 +1,14 @@
 """The authors' published checkpoint (PyTorch Lightning 1.5.8, R50 / 3×CoAM / scSE) loads as it is.
 
-The real file cannot be downloaded here, so the tests write files in its layout (OFFICIAL_CHECKPOINT.md)
-from a random-weight model of ours, through the pure key mapping, and check the loaded model
-against `reference_forward`: an independent re-implementation of the reference network written
+The real file cannot be downloaded here, so the tests write files in its layout (OFFICIAL_CHECKPOINT.md;
+`helpers.models`) from a random-weight model of ours, through the pure key mapping, and check the loaded
+model against `reference_forward`: an independent re-implementation of the reference network written
 with `torch.nn.functional` on the published-layout state_dict (no module of ours), and
 `reference_boxes`, mmdet's `get_bboxes` decode.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -19,76 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.images import write_image_pair
+from helpers.models import lightning_checkpoint, random_reference_model, write_published
 from spotdiff.models import official
 from spotdiff.models.checkpoint import load_model
-from spotdiff.models.cyws import CYWS
 
 SIZE = 128  # test input (R50 at 256 costs ~1 s a forward on the CPU; the wiring is the same)
-
-
-# ---------------------------------------------------------------- files in the published layout
-
-
-def random_reference_model(seed: int = 0) -> CYWS:
-    """Our R50 / 3×CoAM / scSE model with random weights whose BatchNorms hold plausible, distinct
-    statistics (random affine, running stats from a forward pass), so activations stay O(1) and a
-    swapped weight/bias/mean/var would show."""
-    torch.manual_seed(seed)
-    model = CYWS(backbone="resnet50", attention="coam", attention_layers=3, scse=True, image_size=256)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in bns:
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0, 0.2)
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative: running stats = this batch's statistics
-        model.train()
-        gen = torch.Generator().manual_seed(seed)
-        model(torch.rand(2, 3, 64, 64, generator=gen), torch.rand(2, 3, 64, 64, generator=gen))
-        for bn in bns:
-            bn.momentum = 0.1
-            bn.num_batches_tracked.fill_(1234)
-    return model.eval()
-
-
-def lightning_checkpoint(state: dict, epoch: int = 41, global_step: int = 12_345) -> dict:
-    """The dict PyTorch Lightning 1.5.8 writes (no hyper_parameters), around a published state_dict."""
-    return {
-        "epoch": epoch,
-        "global_step": global_step,
-        "pytorch-lightning_version": "1.5.8",
-        "state_dict": state,
-        "callbacks": {"ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min', 'every_n_train_steps': 0, "
-                      "'every_n_epochs': 1, 'train_time_interval': None, 'save_on_train_epoch_end': True}": {
-                          "monitor": "val/loss", "best_model_score": torch.tensor(0.4321),
-                          "best_model_path": "/scratch/cyws/epoch=41.ckpt", "current_score": torch.tensor(0.4321),
-                          "dirpath": "/scratch/cyws", "best_k_models": {"/scratch/cyws/epoch=41.ckpt": torch.tensor(0.4321)},
-                          "kth_best_model_path": "/scratch/cyws/epoch=41.ckpt", "kth_value": torch.tensor(0.4321),
-                          "last_model_path": ""}},
-        "optimizer_states": [{"state": {0: {"step": global_step, "exp_avg": torch.zeros(3),
-                                            "exp_avg_sq": torch.zeros(3)}},
-                              "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8,
-                                                "weight_decay": 5e-4, "amsgrad": False,
-                                                "params": list(range(261))}]}],
-        "lr_schedulers": [],
-    }
-
-
-def write_published(path: Path, state: dict, cuda_tagged: bool = False, **kw) -> Path:
-    """torch.save a Lightning checkpoint; `cuda_tagged` tags every storage 'cuda:0' as the authors'
-    GPU-saved file has (torch writes `location_tag(storage)` into data.pkl's persistent ids)."""
-    buf = io.BytesIO()
-    if cuda_tagged:
-        real = torch.serialization.location_tag
-        torch.serialization.location_tag = lambda storage: "cuda:0"
-        try:
-            torch.save(lightning_checkpoint(state, **kw), buf)
-        finally:
-            torch.serialization.location_tag = real
-    else:
-        torch.save(lightning_checkpoint(state, **kw), buf)
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -373,15 +308,7 @@ def test_bad_files_are_one_line_exit_2(published, tmp_path, monkeypatch, capsys,
 
 
 def _pair(folder: Path) -> tuple[Path, Path]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    a = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
-    b = a.copy()
-    b[30:70, 60:120] = 255
-    Image.fromarray(a).save(folder / "a.png")
-    Image.fromarray(b).save(folder / "b.png")
-    return folder / "a.png", folder / "b.png"
+    return write_image_pair(folder, size=(120, 160), change=(30, 70, 60, 120), value=255)
 
 
 def test_detect_with_the_published_file(published, tmp_path, monkeypatch, capsys):

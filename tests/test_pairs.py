@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from coco_fixture import make_coco_source
+from helpers.coco import make_coco_source
 from spotdiff.cli import main
 from spotdiff.data.coco_inpainted import CocoInpainted, CocoInpaintedWriter, changed_ids
 from spotdiff.data.inpaint import run_inpaint

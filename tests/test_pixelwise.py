@@ -9,7 +9,8 @@ import pytest
 import skimage.data
 import torch
 
-from spotdiff.boxes import box_areas, iou_matrix
+from helpers.images import PASTE, astronaut_pair, iou
+from spotdiff.boxes import box_areas
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods import Detector, PairDetections
 from spotdiff.methods.base import pair_labels
@@ -17,24 +18,20 @@ from spotdiff.methods.pixelwise import SsimDetector
 from spotdiff.methods.ssim_map import ssim_map, ssim_map_cv2
 from spotdiff.params import SsimParams
 
-PASTE = (300, 200, 400, 280)  # x1, y1, x2, y2 in the astronaut photo
+
+@pytest.fixture(scope="module")
+def photo_pair() -> tuple[np.ndarray, np.ndarray]:
+    return astronaut_pair()
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    return skimage.data.astronaut()
+def astronaut(photo_pair) -> np.ndarray:
+    return photo_pair[0]
 
 
 @pytest.fixture(scope="module")
-def pasted(astronaut) -> np.ndarray:
-    b = astronaut.copy()
-    x1, y1, x2, y2 = PASTE
-    b[y1:y2, x1:x2] = skimage.data.chelsea()[100:100 + (y2 - y1), 150:150 + (x2 - x1)]
-    return b
-
-
-def _iou(box, truth) -> float:
-    return float(iou_matrix(np.asarray(box)[None], np.asarray(truth, dtype=float)[None])[0, 0])
+def pasted(photo_pair) -> np.ndarray:
+    return photo_pair[1]
 
 
 @pytest.mark.parametrize("backend", ["opencv", "torch"])
@@ -75,7 +72,7 @@ def test_identical_images_give_no_boxes(astronaut):
 def test_pasted_object_is_boxed_in_both_images(astronaut, pasted, backend):
     ba, sa, bb, sb = SsimDetector(backend=backend).detect(astronaut, pasted)
     assert len(ba) == 1 and len(bb) == 1
-    assert _iou(ba[0], PASTE) >= 0.5 and _iou(bb[0], PASTE) >= 0.5
+    assert iou(ba[0], PASTE) >= 0.5 and iou(bb[0], PASTE) >= 0.5
     assert 0.3 < sa[0] <= 1.0 and sa[0] == sb[0]
 
 
@@ -100,8 +97,8 @@ def test_five_pixel_shift(astronaut, pasted):
     res = SsimDetector(align="homography").run(a, pasted[5:, 5:])
     assert len(res.boxes_a) >= 1
     x1, y1, x2, y2 = PASTE
-    assert _iou(res.boxes_a[0], PASTE) >= 0.5
-    assert _iou(res.boxes_b[0], (x1 - 5, y1 - 5, x2 - 5, y2 - 5)) >= 0.5
+    assert iou(res.boxes_a[0], PASTE) >= 0.5
+    assert iou(res.boxes_b[0], (x1 - 5, y1 - 5, x2 - 5, y2 - 5)) >= 0.5
 
 
 class _no_warning:
@@ -125,7 +122,7 @@ def test_registration_fallback_warns_and_uses_identity():
     with pytest.warns(RuntimeWarning, match="ssim registration"):
         res = SsimDetector(align="homography").run(flat, other)
     assert res.extras["align"] == "identity" and res.extras["notes"]
-    assert len(res.boxes_a) == 1 and _iou(res.boxes_a[0], (30, 30, 60, 60)) >= 0.5
+    assert len(res.boxes_a) == 1 and iou(res.boxes_a[0], (30, 30, 60, 60)) >= 0.5
 
 
 def test_different_sizes_report_each_images_own_pixels(astronaut, pasted):
@@ -133,18 +130,18 @@ def test_different_sizes_report_each_images_own_pixels(astronaut, pasted):
     ba, _, bb, _ = SsimDetector().detect(astronaut, small_b)
     assert len(ba) == 1
     x1, y1, x2, y2 = PASTE
-    assert _iou(ba[0], PASTE) >= 0.5
-    assert _iou(bb[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5
+    assert iou(ba[0], PASTE) >= 0.5
+    assert iou(bb[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5
     # and the other way round, A smaller than B
     ba2, _, bb2, _ = SsimDetector().detect(small_b, astronaut)
-    assert _iou(ba2[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5 and _iou(bb2[0], PASTE) >= 0.5
+    assert iou(ba2[0], (x1 * 0.5, y1 * 0.625, x2 * 0.5, y2 * 0.625)) >= 0.5 and iou(bb2[0], PASTE) >= 0.5
 
 
 def test_max_side_downscale_keeps_original_coordinates(astronaut, pasted):
     det = SsimDetector(SsimParams().model_copy(update={"max_side": 128}))
     res = det.run(astronaut, pasted)
     assert res.extras["working_size"] == [128, 128]
-    assert len(res.boxes_a) == 1 and _iou(res.boxes_a[0], PASTE) >= 0.5
+    assert len(res.boxes_a) == 1 and iou(res.boxes_a[0], PASTE) >= 0.5
 
 
 def test_ignore_mask(astronaut, pasted):
@@ -166,7 +163,7 @@ def test_fixed_threshold_and_min_area(astronaut, pasted):
     assert len(SsimDetector(loose).detect(astronaut, b)[0]) == 2
     strict = loose.model_copy(update={"min_area_fraction": 0.001})  # 262 px at 512×512
     ba = SsimDetector(strict).detect(astronaut, b)[0]
-    assert len(ba) == 1 and _iou(ba[0], PASTE) >= 0.5
+    assert len(ba) == 1 and iou(ba[0], PASTE) >= 0.5
 
 
 def test_pair_detections_filter_labels_and_json():
@@ -225,7 +222,7 @@ def test_map_on_every_2nd_pixel_gives_the_same_boxes(astronaut, pasted):
     assert len(every.boxes_a) == len(second.boxes_a) == 1
     np.testing.assert_allclose(second.boxes_a, every.boxes_a, atol=4)
     np.testing.assert_allclose(second.boxes_b, every.boxes_b, atol=4)
-    assert _iou(second.boxes_a[0], np.array(PASTE) * 2) >= 0.8
+    assert iou(second.boxes_a[0], np.array(PASTE) * 2) >= 0.8
     assert abs(second.scores_a[0] - every.scores_a[0]) < 0.05
     # identical images: nothing, on either grid
     assert len(SsimDetector().detect(a, a.copy())[0]) == 0
@@ -240,8 +237,8 @@ def test_map_on_every_2nd_pixel_with_registration_and_ignore_mask(astronaut, pas
     assert res.extras["map_stride"] == 2 and res.extras["align"] != "identity"
     assert len(res.boxes_a) == 1
     x1, y1, x2, y2 = np.array(PASTE) * 2
-    assert _iou(res.boxes_a[0], (x1, y1, x2, y2)) >= 0.5
-    assert _iou(res.boxes_b[0], (x1 - 8, y1 - 8, x2 - 8, y2 - 8)) >= 0.5
+    assert iou(res.boxes_a[0], (x1, y1, x2, y2)) >= 0.5
+    assert iou(res.boxes_b[0], (x1 - 8, y1 - 8, x2 - 8, y2 - 8)) >= 0.5
     mask = np.zeros((1024, 1024), bool)
     mask[y1 - 20:y2 + 20, x1 - 20:x2 + 20] = True
     assert len(SsimDetector().detect(a, b, ignore_mask=mask)[0]) == 0

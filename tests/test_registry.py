@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.env import subprocess_env
+from helpers.http import free_port
+from helpers.mlflow_store import start_training_run, write_run_record
+from helpers.models import save_tiny_cyws
 from spotdiff.errors import SpotdiffError
 from spotdiff.metricsfile import flatten_metrics
 from spotdiff.registry.rule import decide
 
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
 MODEL_NAME = "spotdiff-test"
 METRIC = "cyws/coco_inpainted/all/ap50"
 PARAMS = f"""\
@@ -49,29 +50,16 @@ needs_detector = pytest.mark.skipif(not _has_detector(),
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch):
+def workspace(mlflow_repo: Path, monkeypatch):
     """A repo folder with params.yaml, a fresh SQLite MLflow store, and a finished 'training' run."""
-    import mlflow
-
-    for key, value in TELEMETRY_OFF.items():
-        monkeypatch.setenv(key, value)
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SPOTDIFF_GIT_COMMIT"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(PARAMS)
     from spotdiff.params import load_params
-    from spotdiff.tracking import setup_mlflow
 
-    params = load_params(tmp_path / "params.yaml")
-    setup_mlflow(params)
-    with mlflow.start_run() as run:
-        mlflow.log_metric("train/loss", 1.0)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "train_run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
-    try:
-        yield {"root": tmp_path, "params": params, "run_id": run.info.run_id}
-    finally:
-        mlflow.set_tracking_uri(None)
+    monkeypatch.delenv("SPOTDIFF_GIT_COMMIT", raising=False)
+    (mlflow_repo / "params.yaml").write_text(PARAMS)
+    params = load_params(mlflow_repo / "params.yaml")
+    run_id = start_training_run(params)
+    write_run_record(mlflow_repo / "models" / "train_run.json", run_id)
+    return {"root": mlflow_repo, "params": params, "run_id": run_id}
 
 
 def _write_metrics(root: Path, ap50: float) -> Path:
@@ -84,17 +72,8 @@ def _write_metrics(root: Path, ap50: float) -> Path:
 
 
 def _write_model(root: Path) -> Path:
-    import torch
-
-    from spotdiff.models.checkpoint import save_model
-    from spotdiff.models.cyws import CYWS
-
-    torch.manual_seed(0)
-    model = CYWS(backbone="resnet18", attention="coam", attention_layers=1, scse=False, image_size=64,
-                 max_boxes=10)
-    path = root / "models" / "cyws.pt"
-    save_model(model, path)
-    return path
+    return save_tiny_cyws(root / "models" / "cyws.pt", attention="coam", attention_layers=1, scse=False,
+                          max_boxes=10)
 
 
 def _register(ws: dict, ap50: float, run_info: str = "models/train_run.json", warn=None) -> dict:
@@ -293,12 +272,6 @@ def test_register_promote_and_predict(workspace):
 # ---------------------------------------------------------------- serving over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_detector
 @pytest.mark.slow
 def test_served_champion_answers_with_boxes(workspace):
@@ -306,10 +279,8 @@ def test_served_champion_answers_with_boxes(workspace):
 
     record = _register(workspace, 0.3)
     assert "champion" in record["aliases"]
-    port = _free_port()
-    env = os.environ.copy()
-    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    port = free_port()
+    env = subprocess_env(venv_on_path=True, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     log = workspace["root"] / "serve.log"
@@ -363,10 +334,10 @@ def test_import_published_checkpoint_as_champion(workspace, capsys):
     import torch
     from mlflow.tracking import MlflowClient
 
+    from helpers.models import random_reference_model, write_published
     from spotdiff.cli import main
     from spotdiff.methods.learned import load_reference
     from spotdiff.models import official
-    from test_official_checkpoint import random_reference_model, write_published
 
     root = workspace["root"]
     params = str(root / "params.yaml")

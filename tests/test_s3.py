@@ -4,36 +4,30 @@ byte-identical, and the test endpoint never lands in a committed config."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.env import subprocess_env
+from helpers.http import free_port
+
 BUCKET = "spotdiff-test"
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def s3(monkeypatch) -> str:
+def s3(monkeypatch, telemetry_off) -> str:
     """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    for key, value in {**TELEMETRY_OFF, **FAKE_CREDENTIALS}.items():
+    for key, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -47,7 +41,7 @@ def s3(monkeypatch) -> str:
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=subprocess_env())
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
     return out.stdout + out.stderr
 
@@ -98,7 +92,9 @@ def test_dvc_push_then_fresh_clone_pull_is_byte_identical(s3: str, tmp_path: Pat
     assert keys and all(k.startswith("dvc/files/md5/") for k in keys)
 
 
-def test_mlflow_artifacts_round_trip_through_s3(s3: str, tmp_path: Path, monkeypatch):
+def test_mlflow_artifacts_round_trip_through_s3(s3: str, tmp_path: Path, mlflow_repo: Path, monkeypatch):
+    """In tmp_path's own store (`mlflow_repo`: cwd = tmp_path, mlflow's globals reset afterwards, so
+    neither this store nor its env variable leaks into other tests)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -106,32 +102,27 @@ def test_mlflow_artifacts_round_trip_through_s3(s3: str, tmp_path: Path, monkeyp
     from spotdiff.tracking import setup_mlflow
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "params.yaml").write_text("{}\n")
-    monkeypatch.chdir(tmp_path)
     params = Params(mlflow=MlflowParams(experiment="s3-exp", artifact_location=f"s3://{BUCKET}/mlflow"))
-    try:
-        exp_id = setup_mlflow(params)
-        uri = mlflow.get_tracking_uri()
-        assert uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-        client = MlflowClient(tracking_uri=uri)
-        assert client.get_experiment(exp_id).artifact_location == f"s3://{BUCKET}/mlflow"
+    exp_id = setup_mlflow(params)
+    uri = mlflow.get_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment(exp_id).artifact_location == f"s3://{BUCKET}/mlflow"
 
-        payload = os.urandom(256 * 1024)
-        src = tmp_path / "weights.bin"
-        src.write_bytes(payload)
-        with mlflow.start_run(experiment_id=exp_id) as run:
-            mlflow.log_artifact(str(src), artifact_path="ckpt")
-        assert run.info.artifact_uri.startswith(f"s3://{BUCKET}/mlflow/")
-        dest = tmp_path / "back"
-        dest.mkdir()
-        got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="ckpt/weights.bin",
-                                                  dst_path=str(dest))
-        assert Path(got).read_bytes() == payload
+    payload = os.urandom(256 * 1024)
+    src = tmp_path / "weights.bin"
+    src.write_bytes(payload)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        mlflow.log_artifact(str(src), artifact_path="ckpt")
+    assert run.info.artifact_uri.startswith(f"s3://{BUCKET}/mlflow/")
+    dest = tmp_path / "back"
+    dest.mkdir()
+    got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="ckpt/weights.bin",
+                                              dst_path=str(dest))
+    assert Path(got).read_bytes() == payload
 
-        import boto3
+    import boto3
 
-        objects = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")
-        assert any(o["Key"].endswith("ckpt/weights.bin") for o in objects["Contents"])
-    finally:
-        mlflow.set_tracking_uri(None)  # do not leak this store (nor its env variable) into other tests
+    objects = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")
+    assert any(o["Key"].endswith("ckpt/weights.bin") for o in objects["Contents"])

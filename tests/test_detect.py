@@ -7,35 +7,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
-from spotdiff.boxes import iou_matrix
+from helpers.env import SPOTDIFF, subprocess_env
+from helpers.images import PASTE, astronaut_pair, iou, png_header_only
 from spotdiff.cli import main
 from spotdiff.detect import detect_pair
-from test_imageio import png_header_only
-
-PASTE = (300, 200, 400, 280)
-SPOTDIFF = Path(sys.executable).with_name("spotdiff")
-
-
-def _iou(box, truth) -> float:
-    return float(iou_matrix(np.asarray(box, float)[None], np.asarray(truth, float)[None])[0, 0])
 
 
 @pytest.fixture()
 def pair(tmp_path, monkeypatch):
     """A (astronaut.png) and B (the same photo with a cat's face pasted in, JPEG); cwd = tmp_path."""
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults are used
-    a = skimage.data.astronaut()
-    b = a.copy()
-    x1, y1, x2, y2 = PASTE
-    b[y1:y2, x1:x2] = skimage.data.chelsea()[100:100 + (y2 - y1), 150:150 + (x2 - x1)]
+    a, b = astronaut_pair()
     Image.fromarray(a).save(tmp_path / "astronaut.png")
     Image.fromarray(b).save(tmp_path / "edited.jpg", quality=95)
     return tmp_path / "astronaut.png", tmp_path / "edited.jpg", b
@@ -61,7 +49,7 @@ def test_pasted_object_is_boxed_in_both_images(pair, capsys, tmp_path):
     assert ia["path"].endswith("astronaut.png") and (ia["width"], ia["height"]) == (512, 512)
     assert ib["path"].endswith("edited.jpg") and (ib["width"], ib["height"]) == (512, 512)
     assert len(ia["boxes"]) == 1 and len(ib["boxes"]) == 1
-    assert _iou(ia["boxes"][0], PASTE) >= 0.5 and _iou(ib["boxes"][0], PASTE) >= 0.5
+    assert iou(ia["boxes"][0], PASTE) >= 0.5 and iou(ib["boxes"][0], PASTE) >= 0.5
     assert ia["labels"] == ib["labels"] == [1] and 0 < ia["scores"][0] <= 1
     assert set(report["timings"]) >= {"load_s", "detect_s", "total_s"}
     for name in ("astronaut.boxes.png", "edited.boxes.png"):
@@ -95,8 +83,8 @@ def test_different_sizes_and_alignment(pair, capsys, tmp_path):
     assert report["num_changes"] == 1, report
     x1, y1, x2, y2 = PASTE
     sx, sy = 256 / 507, 320 / 507
-    assert _iou(ia["boxes"][0], PASTE) >= 0.5
-    assert _iou(ib["boxes"][0], ((x1 - 5) * sx, (y1 - 5) * sy, (x2 - 5) * sx, (y2 - 5) * sy)) >= 0.5
+    assert iou(ia["boxes"][0], PASTE) >= 0.5
+    assert iou(ib["boxes"][0], ((x1 - 5) * sx, (y1 - 5) * sy, (x2 - 5) * sx, (y2 - 5) * sy)) >= 0.5
     assert report["diagnostics"]["align"] != "none"
 
 
@@ -253,7 +241,7 @@ def test_cyws_through_the_seam(pair, capsys, tmp_path):
 
 def test_console_script_real_exit_codes(pair, tmp_path):
     a, b, _ = pair
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = subprocess_env(PYTHONWARNINGS="ignore")
     bad = subprocess.run([str(SPOTDIFF), "detect", str(a), str(tmp_path / "missing.png"), "--out", "o"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2

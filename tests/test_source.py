@@ -1,33 +1,25 @@
-"""The `data` stage: embedded generator, COCO 2017 download + selection, DVC wiring (params errors:
-test_params.py)."""
+"""The `data` stage's source dataset (`spotdiff.data.source`): the embedded generator, the COCO 2017
+download + selection (against a local server), DVC wiring. Params errors: test_params.py; the download
+and extraction themselves: test_download.py."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import io
-import json
-import os
 import shutil
 import subprocess
-import sys
-import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from pycocotools.coco import COCO
 
-from spotdiff import download as fetching
+from helpers.coco import coco_png
+from helpers.env import VENV_BIN, subprocess_env
+from helpers.http import md5_of
 from spotdiff.cli import main
 from spotdiff.data import coco2017
 from spotdiff.data.embedded import size_class
 from spotdiff.data.source import write_dataset
-from spotdiff.errors import SpotdiffError
 from spotdiff.params import CocoSourceParams, DataParams
 
 
@@ -114,99 +106,12 @@ def test_failed_run_leaves_previous_dataset_untouched(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- COCO 2017 against a local server
 
 
-def _png(seed: int, w: int = 64, h: int = 48) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _mini_coco(root: Path) -> tuple[Path, Path]:
-    """A COCO 2017-shaped pair of zips: 4 images, objects of several sizes, one crowd region."""
-    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
-    anns = []
-
-    def ann(aid, image_id, x, y, w, h, crowd=0):
-        poly = [x, y, x + w, y, x + w, y + h, x, y + h]
-        anns.append({"id": aid, "image_id": image_id, "category_id": 1, "segmentation": [poly],
-                     "area": float(w * h), "bbox": [x, y, w, h], "iscrowd": crowd})
-
-    ann(1, 1, 2, 2, 10, 10)       # image 1: two objects
-    ann(2, 1, 20, 20, 8, 8)
-    ann(3, 2, 0, 0, 60, 45)       # image 2: one huge object only (area fraction > 0.5)
-    ann(4, 3, 5, 5, 2, 2)         # image 3: tiny object only (area < 10)
-    ann(5, 4, 5, 5, 12, 12)       # image 4: one object + a crowd region
-    ann(6, 4, 30, 10, 10, 10, crowd=1)
-    instances = {"info": {}, "licenses": [], "images": images, "annotations": anns,
-                 "categories": [{"id": 1, "name": "thing", "supercategory": "x"}]}
-    ann_zip, img_zip = root / "annotations_trainval2017.zip", root / "train2017.zip"
-    with zipfile.ZipFile(ann_zip, "w") as zf:
-        zf.writestr("annotations/instances_train2017.json", json.dumps(instances))
-    with zipfile.ZipFile(img_zip, "w") as zf:
-        for img in images:
-            zf.writestr(f"train2017/{img['file_name']}", _png(img["id"]))
-    return ann_zip, img_zip
-
-
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with HTTP Range support (as the COCO server has), counting requests."""
-
-    requests: list = []
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def do_GET(self):  # noqa: N802
-        path = Path(self.translate_path(self.path))
-        self.requests.append((self.path, self.headers.get("Range")))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.split("=")[1].split("-")[0])
-            if start >= len(data):
-                self.send_error(416)
-                return
-            body = data[start:]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def coco_server(tmp_path):
-    root = tmp_path / "server"
-    (root / "zips").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    ann_zip, img_zip = _mini_coco(tmp_path)
-    shutil.move(str(ann_zip), root / "annotations" / ann_zip.name)
-    shutil.move(str(img_zip), root / "zips" / img_zip.name)
-    _RangeHandler.requests = []
-    handler = functools.partial(_RangeHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def test_coco2017_download_select_extract(tmp_path, coco_server):
-    url, root = coco_server
+def test_coco2017_download_select_extract(tmp_path, coco2017_server):
+    url, root = coco2017_server.url, coco2017_server.root
     cfg = {"source": "coco2017", "coco": {
         "base_url": url, "download_dir": str(tmp_path / "dl"),
-        "images_md5": _md5(root / "zips" / "train2017.zip"),
-        "annotations_md5": _md5(root / "annotations" / "annotations_trainval2017.zip"),
+        "images_md5": md5_of(root / "zips" / "train2017.zip"),
+        "annotations_md5": md5_of(root / "annotations" / "annotations_trainval2017.zip"),
         "min_object_area": 10.0, "max_object_area_fraction": 0.5, "max_images": 10}}
     params = _write_params(tmp_path / "params.yaml", cfg)
     assert main(["data", "--params", str(params), "--out", str(tmp_path / "out")]) == 0
@@ -216,53 +121,13 @@ def test_coco2017_download_select_extract(tmp_path, coco_server):
     assert sorted(coco.getAnnIds()) == [1, 2, 5]
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
         "000000000001.jpg", "000000000004.jpg"]
-    assert (tmp_path / "out" / "images" / "000000000004.jpg").read_bytes() == _png(4)
+    assert (tmp_path / "out" / "images" / "000000000004.jpg").read_bytes() == coco_png(4)
 
     # max_images keeps the first images by id
     cfg["coco"]["max_images"] = 1
     _write_params(params, cfg)
     assert main(["data", "--params", str(params), "--out", str(tmp_path / "out1")]) == 0
     assert COCO(str(tmp_path / "out1" / "instances.json")).getImgIds() == [1]
-
-
-def test_download_resumes_a_partial_file_with_range(tmp_path, coco_server):
-    url, root = coco_server
-    src = root / "zips" / "train2017.zip"
-    dest = tmp_path / "train2017.zip"
-    part = dest.with_name(dest.name + ".part")
-    half = src.read_bytes()[: src.stat().st_size // 2]
-    part.write_bytes(half)
-    fetching.download(f"{url}/zips/train2017.zip", dest, _md5(src))
-    assert dest.read_bytes() == src.read_bytes()
-    assert not part.exists()
-    assert _RangeHandler.requests[-1][1] == f"bytes={len(half)}-"
-
-
-def test_download_with_wrong_md5_is_not_trusted(tmp_path, coco_server):
-    url, _ = coco_server
-    dest = tmp_path / "a.zip"
-    with pytest.raises(SpotdiffError, match="MD5 mismatch"):
-        fetching.download(f"{url}/zips/train2017.zip", dest, "0" * 32)
-    assert not dest.exists() and not dest.with_name("a.zip.part").exists()
-
-
-def test_download_http_error_is_a_clear_error(tmp_path, coco_server):
-    url, _ = coco_server
-    with pytest.raises(SpotdiffError, match="HTTP 404"):
-        fetching.download(f"{url}/zips/nothing.zip", tmp_path / "n.zip")
-
-
-@pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
-def test_extraction_refuses_paths_escaping_the_target(tmp_path, member):
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ok.txt", "fine")
-        zf.writestr(member, "evil")
-    target = tmp_path / "target"
-    with pytest.raises(SpotdiffError, match="would escape"):
-        fetching.extract_archive(archive, target)
-    assert not (tmp_path / "evil.txt").exists()
-    assert not (target / "ok.txt").exists()  # all members are checked before any is written
 
 
 def test_selection_bounds():
@@ -280,9 +145,8 @@ def test_selection_bounds():
 
 def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # the stage's `spotdiff` command must be found on PATH, as it is inside the project's venv
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True,
+                          env=subprocess_env(venv_on_path=True))
 
 
 def test_dvc_repro_then_status_and_param_change(tmp_path, repo_root):

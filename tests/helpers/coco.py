@@ -1,16 +1,23 @@
-"""A tiny COCO instances dataset for the inpaint / pairs tests (independent of the data stage).
+"""Tiny COCO-shaped data, written by hand (independent of the data stage).
 
-Images are smooth random gradients with a few flat-coloured rectangles and discs; annotations use
-polygons for rectangles and compressed RLE for discs, like COCO does for objects and crowds.
+`make_coco_source`: a COCO instances dataset for the inpaint / pairs tests. Images are smooth random
+gradients with a few flat-coloured rectangles and discs; annotations use polygons for rectangles and
+compressed RLE for discs, like COCO does for objects and crowds.
+
+`make_coco2017_zips`: the two COCO 2017 zips the data stage downloads (`coco2017` source), with a
+handful of images chosen to exercise its selection rules; `coco_png` is image bytes it holds.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 
@@ -61,3 +68,39 @@ def make_coco_source(root: Path, num_images: int = 6, height: int = 64, width: i
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                      "categories": categories}))
     return root
+
+
+def coco_png(seed: int, w: int = 64, h: int = 48) -> bytes:
+    """PNG bytes of random pixels (the COCO 2017 zips' image with id `seed`)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_coco2017_zips(root: Path) -> tuple[Path, Path]:
+    """A COCO 2017-shaped pair of zips: 4 images, objects of several sizes, one crowd region.
+    Returns (annotations_trainval2017.zip, train2017.zip) written in `root`."""
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
+    anns = []
+
+    def ann(aid, image_id, x, y, w, h, crowd=0):
+        poly = [x, y, x + w, y, x + w, y + h, x, y + h]
+        anns.append({"id": aid, "image_id": image_id, "category_id": 1, "segmentation": [poly],
+                     "area": float(w * h), "bbox": [x, y, w, h], "iscrowd": crowd})
+
+    ann(1, 1, 2, 2, 10, 10)       # image 1: two objects
+    ann(2, 1, 20, 20, 8, 8)
+    ann(3, 2, 0, 0, 60, 45)       # image 2: one huge object only (area fraction > 0.5)
+    ann(4, 3, 5, 5, 2, 2)         # image 3: tiny object only (area < 10)
+    ann(5, 4, 5, 5, 12, 12)       # image 4: one object + a crowd region
+    ann(6, 4, 30, 10, 10, 10, crowd=1)
+    instances = {"info": {}, "licenses": [], "images": images, "annotations": anns,
+                 "categories": [{"id": 1, "name": "thing", "supercategory": "x"}]}
+    ann_zip, img_zip = root / "annotations_trainval2017.zip", root / "train2017.zip"
+    with zipfile.ZipFile(ann_zip, "w") as zf:
+        zf.writestr("annotations/instances_train2017.json", json.dumps(instances))
+    with zipfile.ZipFile(img_zip, "w") as zf:
+        for img in images:
+            zf.writestr(f"train2017/{img['file_name']}", coco_png(img["id"]))
+    return ann_zip, img_zip

@@ -1,5 +1,6 @@
 """The evaluate stage end to end: stand-ins from the project's generator, a tiny untrained CYWS, SSIM,
-a throw-away MLflow store; a hand-made set whose answer is known; bad inputs."""
+a throw-away MLflow store (fixtures: tests/conftest.py); a hand-made set whose answer is known; bad
+inputs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.mlflow_store import start_training_run
 from spotdiff.cli import main
 
 SUBSETS = ("small", "medium", "large", "all")
@@ -26,60 +28,34 @@ def _params(path: Path, tmp: Path, **evaluate) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def standins(tmp_path_factory) -> Path:
-    from spotdiff.data.standins import write_standins
-
-    root = tmp_path_factory.mktemp("testsets")
-    write_standins(root, pairs=2, size=64, seed=7)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    from spotdiff.models.checkpoint import save_model
-    from spotdiff.models.cyws import CYWS
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "cyws.pt"
-    save_model(CYWS(backbone="resnet18", image_size=64), path)
-    return path
-
-
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)  # the repo root for tracking defaults is the test's folder
+def store_dir(tmp_path, mlflow_store, monkeypatch) -> Path:
+    """tmp_path, logging to `mlflow_store` (tmp_path/mlflow.db) and the cwd: the repo root for
+    tracking defaults is the test's folder."""
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def _training_run(params_path: Path) -> str:
-    import mlflow
-
     from spotdiff.params import load_params
-    from spotdiff.tracking import setup_mlflow
 
-    setup_mlflow(load_params(params_path))
-    with mlflow.start_run(run_name="train-stand-in") as run:
-        mlflow.log_metric("best/val_loss", 1.0)
-    return run.info.run_id
+    return start_training_run(load_params(params_path), metric=("best/val_loss", 1.0),
+                              run_name="train-stand-in")
 
 
-def test_stage_on_standins(standins, tiny_model, mlflow_store, capsys):
+def test_stage_on_standins(standin_testsets, tiny_model_file, store_dir, capsys):
     from mlflow.tracking import MlflowClient
 
     from spotdiff.metricsfile import flatten_metrics
     from spotdiff.params import RegisterParams
 
-    tmp = mlflow_store
+    tmp = store_dir
     params = _params(tmp / "params.yaml", tmp)
     run_id = _training_run(params)
     (tmp / "train.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     out = tmp / "eval"
-    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--train-info",
-                 str(tmp / "train.json"), "--testsets", str(standins), "--out", str(out)])
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model_file), "--train-info",
+                 str(tmp / "train.json"), "--testsets", str(standin_testsets), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -181,40 +157,40 @@ def _one_line_error(capsys) -> str:
     return lines[0]
 
 
-def test_missing_model_is_exit_2(standins, tmp_path, monkeypatch, capsys):
+def test_missing_model_is_exit_2(standin_testsets, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     params = _params(tmp_path / "params.yaml", tmp_path)
     missing = tmp_path / "models" / "cyws.pt"
     code = main(["evaluate", "--params", str(params), "--model", str(missing), "--no-mlflow",
-                 "--testsets", str(standins), "--out", str(tmp_path / "eval")])
+                 "--testsets", str(standin_testsets), "--out", str(tmp_path / "eval")])
     assert code == 2
     err = _one_line_error(capsys)
     assert str(missing) in err and "train" in err
     assert not (tmp_path / "eval").exists()
 
 
-def test_missing_testsets_is_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
+def test_missing_testsets_is_exit_2(tiny_model_file, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     params = _params(tmp_path / "params.yaml", tmp_path)
     missing = tmp_path / "data" / "testsets"
-    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--no-mlflow",
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model_file), "--no-mlflow",
                  "--testsets", str(missing), "--out", str(tmp_path / "eval")])
     assert code == 2
     err = _one_line_error(capsys)
     assert str(missing) in err and "testsets" in err
     (tmp_path / "empty").mkdir()
-    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--no-mlflow",
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model_file), "--no-mlflow",
                  "--testsets", str(tmp_path / "empty"), "--out", str(tmp_path / "eval")])
     assert code == 2 and "holds no test set" in _one_line_error(capsys)
     assert not (tmp_path / "eval").exists()
 
 
-def test_unknown_run_is_exit_2(standins, tiny_model, mlflow_store, capsys):
-    tmp = mlflow_store
+def test_unknown_run_is_exit_2(standin_testsets, tiny_model_file, store_dir, capsys):
+    tmp = store_dir
     params = _params(tmp / "params.yaml", tmp)
     (tmp / "train.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
-    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model), "--train-info",
-                 str(tmp / "train.json"), "--testsets", str(standins), "--out", str(tmp / "eval")])
+    code = main(["evaluate", "--params", str(params), "--model", str(tiny_model_file), "--train-info",
+                 str(tmp / "train.json"), "--testsets", str(standin_testsets), "--out", str(tmp / "eval")])
     assert code == 2
     err = _one_line_error(capsys)
     assert "0" * 32 in err and "MLFLOW_TRACKING_URI" in err
