@@ -172,3 +172,20 @@ def test_pairs_cli_writes_manifest_and_preview(inpainted, tmp_path):
     broken = tmp_path / "broken"
     CocoInpaintedWriter(broken)
     assert main(["pairs", "--params", str(params_file), "--inpainted", str(broken), "--out", str(out)]) == 2
+
+
+def test_decoded_image_cache_gives_the_same_pixels_and_cannot_be_painted_on(inpainted):
+    """The reader keeps decoded images (training reads each many times); what it hands out is a copy."""
+    cached, plain = CocoInpainted(inpainted), CocoInpainted(inpainted, cache_mb=0)
+    idx = cached.indices[0]
+    first = cached.load_original(idx)
+    first[:] = 0  # a caller painting on its image (as the paste does) must not reach the cache
+    again = cached.load_original(idx)
+    assert np.array_equal(again, plain.load_original(idx)) and again.any()
+    assert len(cached._images) == 1 and len(plain._images) == 0
+    version = cached.versions(idx)[0]
+    assert np.array_equal(cached.load_inpainted(version), plain.load_inpainted(version))
+    # The cap holds: a cache smaller than one image keeps nothing.
+    tiny = CocoInpainted(inpainted, cache_mb=0)
+    tiny.load_original(idx)
+    assert tiny._image_bytes == 0

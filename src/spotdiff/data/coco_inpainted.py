@@ -36,6 +36,7 @@ Metadata is unpickled with `spotdiff.data.safe_pickle` (plain types only), never
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -171,8 +172,14 @@ class CocoInpainted:
     its absence means the run that produced the folder did not finish.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, cache_mb: int = 256):
+        """`cache_mb`: decoded images kept in memory (least recently used dropped first). Training
+        reads each source image many times; decoding a PNG is ~1.4 ms of a ~15 ms pair. 0 = none."""
         self.root = Path(root)
+        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._image_bytes = 0
+        self._cache_limit = int(cache_mb) << 20
+        self._sizes: dict[int, tuple[int, int]] = {}
         if not self.root.is_dir():
             raise SpotdiffError(f"{self.root}: COCO-Inpainted folder not found; run `spotdiff inpaint` "
                                 "or point to the downloaded set")
@@ -219,12 +226,30 @@ class CocoInpainted:
 
     def image_size(self, idx: int) -> tuple[int, int]:
         """(height, width) of the original image (read from the file header only)."""
-        width, height = read_image_size(self.original_path(idx))
-        return int(height), int(width)
+        if idx not in self._sizes:
+            width, height = read_image_size(self.original_path(idx))
+            self._sizes[idx] = (int(height), int(width))
+        return self._sizes[idx]
+
+    def _read(self, path: Path) -> np.ndarray:
+        """The decoded image at `path` (a copy: callers may paint on it), through the cache."""
+        image = self._images.get(path)
+        if image is not None:
+            self._images.move_to_end(path)
+            return image.copy()
+        image = load_image(path)
+        if image.nbytes <= self._cache_limit:
+            self._images[path] = image
+            self._image_bytes += image.nbytes
+            while self._image_bytes > self._cache_limit:
+                _, dropped = self._images.popitem(last=False)
+                self._image_bytes -= dropped.nbytes
+            return image.copy()
+        return image
 
     # -- images
     def load_original(self, idx: int) -> np.ndarray:
-        return load_image(self.original_path(idx))
+        return self._read(self.original_path(idx))
 
     def versions(self, idx: int) -> list[InpaintedVersion]:
         """The inpainted versions of item `idx`, sorted by bits (a listing of `inpainted/` made once)."""
@@ -256,7 +281,7 @@ class CocoInpainted:
 
     def load_inpainted(self, version: InpaintedVersion, size: tuple[int, int] | None = None) -> np.ndarray:
         """The inpainted image, resized to `size` (height, width) or to the original's size."""
-        image = load_image(version.path)
+        image = self._read(version.path)
         height, width = size if size is not None else self.image_size(version.idx)
         return resize_to(image, height, width)
 
