@@ -293,6 +293,19 @@ def test_bad_params_from_the_console_script(tmp_path, spotdiff_bin, raw, start):
     proc = subprocess.run([spotdiff_bin, "data", "--params", str(params), "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, check=False, cwd=tmp_path)
     assert proc.returncode == 2
+    start = start.replace("params.yaml: ", f"{params}: ")  # the message names the file given
     assert proc.stderr.startswith(start) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "pydantic" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_an_error_names_the_file_it_came_from(tmp_path):
+    """`--params other.yaml` with a bad value: the one line names other.yaml, not params.yaml."""
+    bad = tmp_path / "other.yaml"
+    bad.write_text("train:\n  lr: -1\n")
+    with pytest.raises(SpotdiffError) as info:
+        load_params(bad)
+    assert str(info.value).startswith(f"{bad}: train.lr must be > 0")
+    (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
+    with pytest.raises(SpotdiffError, match=r"^params\.yaml: train\.lr must be > 0"):
+        load_params(tmp_path / "params.yaml")

@@ -604,7 +604,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise SpotdiffError(f"{path}: not valid YAML ({first}); fix the file") from None
-    return params_from_dict(raw)
+    try:
+        return params_from_dict(raw)
+    except SpotdiffError as exc:
+        # The messages name params.yaml; a file given by --params is named as given.
+        text = str(exc)
+        if path.name != DEFAULT_PARAMS_PATH.name and text.startswith("params.yaml: "):
+            raise SpotdiffError(f"{path}: {text[len('params.yaml: '):]}") from None
+        raise
 
 
 def to_flat_dict(obj: BaseModel, prefix: str = "") -> dict[str, Any]:
