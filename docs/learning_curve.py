@@ -1,7 +1,10 @@
 """Draw training runs' learning curves from their MLflow metric history (the README's picture).
 
     .venv/bin/python docs/learning_curve.py --run sqlite:///mlruns/mlflow.db RUN_ID "embedded, 1 200 steps" \
-        --run sqlite:////tmp/cpuhour/mlruns/mlflow.db RUN_ID "cpu-hour, 8 000 steps" --out docs/learning_curve.png
+        --run sqlite:///../cpuhour/mlruns/mlflow.db RUN_ID "cpu-hour, 8 000 steps" --out docs/learning_curve.png
+
+(the second store: a clone where `profiles/cpu-hour.yaml` ran, here beside this one; a relative
+sqlite URI is resolved from the working folder).
 
 Panels: the training heatmap loss (`train/heatmap`, smoothed over 10 logged points), the
 validation loss (`val/loss`) and the validation VOC AP@0.5 (`val/ap50`) against the optimiser step;

@@ -8,7 +8,6 @@ absolute paths, `..` escapes, links and special files are refused before anythin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -21,16 +20,9 @@ from typing import Iterable
 from tqdm import tqdm
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import file_digest
 
 CHUNK = 1 << 20
-
-
-def file_digest(path: str | Path, algorithm: str = "md5") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, dest: str | Path, digest: str = "", algorithm: str = "md5", hint: str = "check the URL",

@@ -88,9 +88,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def file_md5(path: str | Path) -> str:
-    """md5 of a file's bytes (what DVC records for a file output)."""
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file's bytes (md5 by default: what DVC records for a file output)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

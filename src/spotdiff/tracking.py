@@ -12,9 +12,10 @@ Only rank 0 of a distributed run talks to MLflow: check `is_rank_zero()` first.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from spotdiff.errors import SpotdiffError
@@ -188,3 +189,27 @@ def is_rank_zero() -> bool:
         if value not in (None, "") and value.strip() != "0":
             return False
     return True
+
+
+def recorded_run(run_info: Path, model_md5: Optional[str], consequence: str, fix: str,
+                 warn: Callable[[str], None]) -> Optional[str]:
+    """The MLflow run id the train stage recorded in `run_info` (`train_run.json`), or None with one
+    warning line ending in `consequence` when there is none to trust: no file (training restored
+    from DVC's cache), no run id (trained without tracking), or a record of another model than the
+    one with `model_md5` (None: not checked). Invalid JSON is a SpotdiffError ending in `fix`."""
+    if not run_info.is_file():
+        warn(f"warning: {run_info} not found (training restored from DVC's cache?); {consequence}")
+        return None
+    try:
+        info = json.loads(run_info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpotdiffError(f"{run_info}: not valid JSON ({exc}); {fix}") from None
+    run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
+    if not run_id:
+        warn(f"warning: {run_info}: no mlflow_run_id (trained without tracking); {consequence}")
+        return None
+    recorded = info.get("model_md5")
+    if recorded and model_md5 and recorded != model_md5:
+        warn(f"warning: {run_info} describes another model (md5 {recorded}, not {model_md5}); {consequence}")
+        return None
+    return str(run_id)

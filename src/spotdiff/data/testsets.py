@@ -45,8 +45,9 @@ from spotdiff.data.coco_inpainted import CocoInpainted, resize_to
 from spotdiff.data.safe_pickle import load_npy_plain
 from spotdiff.data.transforms import PairAugmenter, image_to_tensor
 from spotdiff.download import download as fetch
-from spotdiff.download import extract_archive, file_digest
+from spotdiff.download import extract_archive
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import file_digest
 from spotdiff.imageio import load_image
 from spotdiff.params import AugmentParams
 

@@ -3,45 +3,26 @@ checked before the long part, and the logging itself (metrics in batches, files 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_md5
+from spotdiff.fsutil import file_digest
 from spotdiff.params import Params
-from spotdiff.tracking import redact_uri, setup_mlflow
+from spotdiff.tracking import recorded_run, redact_uri, setup_mlflow
 
 
 def mlflow_run_id(train_info: Path | None, warn: Callable[[str], None],
                   model: Path | str | None = None) -> str | None:
     """The training run to log into (from the train stage's `train_run.json`), or None with a warning
-    line when there is none to trust: no file (training restored from DVC's cache), no run id
-    (trained without tracking), or a record of another model than `model` (compared by md5)."""
+    line when there is none to trust (see `spotdiff.tracking.recorded_run`); a `model` that is a file
+    must be the one the record describes (compared by md5)."""
     if train_info is None:
         return None
-    fix = "rerun the train stage (`dvc repro -f train`) or pass --no-mlflow"
-    if not train_info.is_file():
-        warn(f"warning: {train_info} not found (training restored from DVC's cache?); the evaluation is "
-             "not logged to MLflow")
-        return None
-    try:
-        info = json.loads(train_info.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpotdiffError(f"{train_info}: not valid JSON ({exc}); {fix}") from None
-    run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
-    if not run_id:
-        warn(f"warning: {train_info}: no mlflow_run_id (training ran without tracking); the evaluation "
-             "is not logged to MLflow")
-        return None
-    recorded = info.get("model_md5")
-    if recorded and model is not None and Path(model).is_file() and file_md5(Path(model)) != recorded:
-        warn(f"warning: {train_info} describes another model than {model}; the evaluation is not logged "
-             "to MLflow")
-        return None
-    return str(run_id)
-
+    md5 = file_digest(Path(model)) if model is not None and Path(model).is_file() else None
+    return recorded_run(train_info, md5, "the evaluation is not logged to MLflow",
+                        "rerun the train stage (`dvc repro -f train`) or pass --no-mlflow", warn)
 
 
 def check_run(params: Params, run_id: str, train_info: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_md5
+from spotdiff.fsutil import file_digest
 
 
 def read_json(path: str | Path, what: str, rerun: str) -> Any:
@@ -66,7 +66,7 @@ def model_md5(root: Path, model_path: Path) -> dict[str, Optional[str]]:
             for out in (info or {}).get("outs") or []:
                 if isinstance(out, dict) and out.get("path") == rel and out.get("md5"):
                     return {"md5": out["md5"], "source": "dvc.lock", "stage": stage}
-    return {"md5": file_md5(model_path), "source": "file", "stage": None}
+    return {"md5": file_digest(model_path), "source": "file", "stage": None}
 
 
 def now() -> str:

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_md5
+from spotdiff.fsutil import file_digest
 from spotdiff.models import official
 from spotdiff.models.checkpoint import model_from_checkpoint, read_checkpoint, save_model
 from spotdiff.registry.provenance import git_revision, model_md5, now
@@ -148,7 +148,7 @@ def import_checkpoint(params: Any, path: str | Path, name: str | None = None, al
     published = official.published_state_dict(ckpt) is not None
     facts = official.provenance(ckpt) if published else {}
     del ckpt
-    source_md5 = file_md5(path)
+    source_md5 = file_digest(path)
     cfg = model.config
     reference_model = published and (cfg["backbone"], cfg["attention"], cfg["attention_layers"],
                                      cfg["scse"]) == ("resnet50", "coam", 3, True)
@@ -161,7 +161,7 @@ def import_checkpoint(params: Any, path: str | Path, name: str | None = None, al
     with tempfile.TemporaryDirectory(prefix="spotdiff-import-") as tmp:
         converted = Path(tmp) / "cyws.pt"
         save_model(model, converted)
-        model_md5 = file_md5(converted)
+        model_md5 = file_digest(converted)
         tags = {"origin": origin, "source_file": path.name, "source_md5": source_md5,
                 "source_format": (f"pytorch-lightning {facts.get(official.LIGHTNING_VERSION_KEY, '?')}"
                                   if published else "spotdiff-cyws/1"),

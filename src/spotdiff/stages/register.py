@@ -17,7 +17,6 @@ run cache), the model is logged into a new run of the experiment instead, with a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +25,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_md5, write_json_atomic
+from spotdiff.fsutil import file_digest, write_json_atomic
 from spotdiff.metricsfile import flatten_metrics
 from spotdiff.params import Params
 from spotdiff.registry.provenance import read_json
 from spotdiff.registry.versions import register_version
-from spotdiff.tracking import find_repo_root, portable_uri, redact_uri, setup_mlflow
+from spotdiff.tracking import find_repo_root, portable_uri, recorded_run, redact_uri, setup_mlflow
 
 RECORD = "registration.json"
 
@@ -61,23 +60,9 @@ def read_metrics(metrics_path: Path, metric: str) -> dict[str, float]:
 def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri: str,
                  warn: Callable[[str], None]) -> str | None:
     """The MLflow run that trained this model, per `train_run.json`; None when it cannot be trusted."""
-    if not run_info_path.is_file():
-        warn(f"warning: {run_info_path} not found (training restored from DVC's cache?); the model is "
-             "logged into a new MLflow run")
-        return None
-    try:
-        info = json.loads(run_info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpotdiffError(f"{run_info_path}: not valid JSON ({exc}); rerun the train stage "
-                            "(dvc repro -f train)") from None
-    run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
-    if not run_id:
-        warn(f"warning: {run_info_path}: no mlflow_run_id (trained without tracking); the model is logged "
-             "into a new MLflow run")
-        return None
-    if info.get("model_md5") not in (None, model_md5):
-        warn(f"warning: {run_info_path} describes another model (md5 {info.get('model_md5')}); the model "
-             "is logged into a new MLflow run")
+    run_id = recorded_run(run_info_path, model_md5, "the model is logged into a new MLflow run",
+                          "rerun the train stage (dvc repro -f train)", warn)
+    if run_id is None:
         return None
     try:
         client.get_run(run_id)
@@ -100,7 +85,7 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
     reg = params.register
     values = read_metrics(metrics_path, reg.primary_metric)
     root = Path(root) if root else find_repo_root()
-    md5 = file_md5(model)
+    md5 = file_digest(model)
 
     setup_mlflow(params, root)
     uri = mlflow.get_tracking_uri()

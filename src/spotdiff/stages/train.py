@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from spotdiff import tracking as mlflow_setup
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_md5, write_json_atomic
+from spotdiff.fsutil import file_digest, write_json_atomic
 from spotdiff.params import Params, to_flat_dict
 from spotdiff.training.callbacks import KeepBestModel
 from spotdiff.training.datamodule import PairDataModule
@@ -113,7 +113,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
         }
         preview = out_dir / "val_predictions.png"
         draw_val_predictions(out_dir / "cyws.pt", datamodule.val_set, params.train.preview_pairs, preview)
-        run_info: dict[str, Any] = {"model_md5": file_md5(out_dir / "cyws.pt"), "seconds": round(elapsed, 2),
+        run_info: dict[str, Any] = {"model_md5": file_digest(out_dir / "cyws.pt"), "seconds": round(elapsed, 2),
                                     "cpu_seconds": round(cpu, 2), "threads": threads,
                                     "mlflow_run_id": None, "tracking_uri": None}
         if tracking:
