@@ -203,19 +203,26 @@ class CywsDetector(Detector):
         return results
 
     @torch.no_grad()
-    def attention_from(self, img_a: np.ndarray, img_b: np.ndarray, point_a: tuple[float, float]
-                       ) -> np.ndarray | None:
-        """Where the deepest co-attention looks in B from the point (x, y) of A: an h×w map over B
-        (sums to 1), or None for the NOAM ablation."""
+    def attention_grid(self, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray | None:
+        """The deepest co-attention from A to B: float32 h×w×h×w (a query cell of A's feature grid,
+        then the map over B's grid; each map sums to 1), or None for the NOAM ablation."""
         attn = self.model.attention_maps(_to_input([img_a], self.size, self.device),
                                          _to_input([img_b], self.size, self.device))
         if attn is None:
             return None
-        a_to_b = attn["a_to_b"][0]  # h×w (query in A) × h×w (over B)
+        return attn["a_to_b"][0].float().cpu().numpy()
+
+    def attention_from(self, img_a: np.ndarray, img_b: np.ndarray, point_a: tuple[float, float]
+                       ) -> np.ndarray | None:
+        """Where the deepest co-attention looks in B from the point (x, y) of A: an h×w map over B
+        (sums to 1), or None for the NOAM ablation."""
+        a_to_b = self.attention_grid(img_a, img_b)
+        if a_to_b is None:
+            return None
         h, w = a_to_b.shape[:2]
         qx = int(np.clip(point_a[0] / img_a.shape[1] * w, 0, w - 1))
         qy = int(np.clip(point_a[1] / img_a.shape[0] * h, 0, h - 1))
-        return a_to_b[qy, qx].float().cpu().numpy()
+        return a_to_b[qy, qx]
 
     def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
             keep_maps: bool = False) -> PairDetections:
