@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast bench retrain-if-stale
+.PHONY: install browser run test test-fast bench retrain-if-stale
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,13 +22,22 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP)
 
+## Debian's chromium + chromedriver for the page's browser test (tests/test_serve_browser.py), when missing
+## and this machine can install them (root and apt-get); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || \
+	  echo "make browser: chromium/chromedriver not installed (needs root and apt-get); the browser test will skip"; }
+
 ## Command one: reproduce the whole DVC pipeline on the embedded default and say where results are.
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
 ## Command two: the whole test suite (about 3 minutes on 2 cores; GPU tests skip without a GPU).
-test: install
+test: install browser
 	$(BIN)/pytest -q
 
 ## The quick subset: without the tests marked slow (2-process DDP, the served model over HTTP).

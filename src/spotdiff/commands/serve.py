@@ -39,23 +39,25 @@ def serve(
     import warnings
     from pathlib import Path
 
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.imageio import MAX_PIXELS
+
+    if max_pixels > MAX_PIXELS:  # checked before the heavy imports: a typo answers at once
+        raise SpotdiffError(f"--max-pixels: {max_pixels:,} is above the image loader's cap of {MAX_PIXELS:,}; "
+                            "pass a smaller number")
+    if params_file is not None and not Path(params_file).is_file():
+        raise SpotdiffError(f"{params_file}: params file not found; check --params")
+
     import torch
     import uvicorn
 
     from spotdiff.detect import resolve_params
-    from spotdiff.errors import SpotdiffError
-    from spotdiff.imageio import MAX_PIXELS
     from spotdiff.methods.engines import ENGINES
     from spotdiff.serve.app import create_app
     from spotdiff.serve.service import Limits, Service, load_models
 
     if engine not in ENGINES:
         raise SpotdiffError(f"--engine: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if max_pixels > MAX_PIXELS:
-        raise SpotdiffError(f"--max-pixels: {max_pixels:,} is above the image loader's cap of {MAX_PIXELS:,}; "
-                            "pass a smaller number")
-    if params_file is not None and not Path(params_file).is_file():
-        raise SpotdiffError(f"{params_file}: params file not found; check --params")
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # registration fallbacks: in diagnostics
     ssim = resolve_params(params_file)

@@ -143,10 +143,10 @@ async function show(rep) {
   await Promise.all([loadImage($("img-a"), files.a), loadImage($("img-b"), files.b)]);
   const shown = rep.shown || rep;  // the boxes the method shows people (the API's `include=shown`)
   const scores = shown.images.flatMap((im) => im.scores);
-  const top = Math.max(1, ...scores);
+  const top = scores.length ? Math.max(...scores) : 1;
   const slider = $("min-score");
-  slider.max = top.toFixed(2);
-  slider.step = (top / 100).toFixed(4);
+  slider.max = String(top);  // at the far right only the best box(es) remain
+  slider.step = "any";
   slider.value = 0;
   ["a", "b"].forEach((slot, i) => {
     const im = shown.images[i];
@@ -162,7 +162,7 @@ function drawBoxes(svg, im) {
   svg.innerHTML = "";
   svg.setAttribute("viewBox", `0 0 ${im.width} ${im.height}`);
   svg.setAttribute("preserveAspectRatio", "none");
-  const font = Math.max(12, Math.round(Math.max(im.width, im.height) / 32));
+  const font = Math.max(10, Math.round(Math.max(im.width, im.height) / 40));
   im.boxes.forEach(([x1, y1, x2, y2], i) => {
     const label = im.labels[i];
     const g = document.createElementNS(SVG, "g");
@@ -205,16 +205,17 @@ function highlight(label) {
 function applyMinScore() {
   const min = parseFloat($("min-score").value);
   $("min-score-value").textContent = min.toFixed(2);
-  let shownA = 0, shownB = 0, total = 0;
-  for (const [slot, svg] of [["a", $("boxes-a")], ["b", $("boxes-b")]]) {
-    for (const g of svg.querySelectorAll(".box")) {
+  const shown = { a: 0, b: 0 }, total = { a: 0, b: 0 };
+  for (const slot of ["a", "b"]) {
+    for (const g of $("boxes-" + slot).querySelectorAll(".box")) {
       const hide = parseFloat(g.dataset.score) < min;
       g.classList.toggle("hidden", hide);
-      total += 1;
-      if (!hide) { if (slot === "a") shownA += 1; else shownB += 1; }
+      total[slot] += 1;
+      if (!hide) shown[slot] += 1;
     }
   }
-  $("count").textContent = `boxes shown: A ${shownA}, B ${shownB} (of ${total})`;
+  const shownA = shown.a, shownB = shown.b;
+  $("count").textContent = `boxes shown: A ${shownA} of ${total.a}, B ${shownB} of ${total.b}`;
   $("count").dataset.a = shownA;
   $("count").dataset.b = shownB;
 }
