@@ -173,11 +173,25 @@ def prepare(path_a: str | Path, path_b: str | Path, method: str = "ssim", model:
                                 f"champion and {DEFAULT_MODEL_REF} does not exist; train one "
                                 "(`dvc repro`) or pass --model PATH_OR_REGISTRY_REF")
     detector = build_detector(method, ssim, model=ref, engine=engine, device=device)
-    mask_setting = str(mask_path) if mask_path else (None if mask is None else "array")
-    settings: dict[str, Any] = {"top_k": k, "min_score": smin, "ignore_mask": mask_setting,
+    return request_for(detector, path_a, path_b, img_a, img_b, method=method, model=model, ssim=ssim,
+                       top_k=k, min_score=smin, ignore_mask=mask, ignore_mask_path=mask_path,
+                       load_s=time.perf_counter() - t0)
+
+
+def request_for(detector: Detector, path_a: str | Path, path_b: str | Path, img_a: np.ndarray,
+                img_b: np.ndarray, *, method: str, model: str | None, ssim: SsimParams,
+                top_k: int | None = None, min_score: float | None = None,
+                ignore_mask: np.ndarray | None = None, ignore_mask_path: str | Path | None = None,
+                load_s: float = 0.0) -> Request:
+    """A Request for images already decoded and a detector already built (validated values: see
+    `parse_top_k`, `parse_min_score`), for callers that load one detector for many pairs
+    (`spotdiff serve`, `spotdiff detect-batch`); `path_*` name the images in the report."""
+    mask_path = None if ignore_mask_path is None else Path(ignore_mask_path)
+    mask_setting = str(mask_path) if mask_path else (None if ignore_mask is None else "array")
+    settings: dict[str, Any] = {"top_k": top_k, "min_score": min_score, "ignore_mask": mask_setting,
                                 **detector.settings()}
-    return Request(path_a, path_b, img_a, img_b, method, model, ssim, k, smin, mask, mask_path,
-                   detector, time.perf_counter() - t0, settings)
+    return Request(Path(path_a), Path(path_b), img_a, img_b, method, model, ssim, top_k, min_score,
+                   ignore_mask, mask_path, detector, load_s, settings)
 
 
 def run(req: Request, keep_maps: bool = False) -> tuple[dict[str, Any], PairDetections]:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from spotdiff.detect import Request, default_model_ref, parse_min_score, parse_top_k, run
+from spotdiff.detect import default_model_ref, parse_min_score, parse_top_k, request_for, run
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods import Detector, build_detector, method_class
 from spotdiff.methods.learned import CywsDetector, is_registry_reference
@@ -203,7 +203,7 @@ class Service:
         cls = method_class(form.method, "method")
         if not cls.uses_model:
             if form.model:
-                raise SpotdiffError(f"model: only used with method cyws; drop it or choose method cyws")
+                raise SpotdiffError("model: only used with method cyws; drop it or choose method cyws")
             if form.align is not None and form.align not in ALIGNS:
                 raise SpotdiffError(f"align: unknown value {form.align!r}; use one of {', '.join(ALIGNS)}")
             ssim = self.ssim if form.align is None else SsimParams.model_validate(
@@ -254,13 +254,12 @@ class Service:
             m = form.ignore_mask
             mask = decode_mask(m.data, "ignore_mask", m.filename, (img_a.shape[1], img_a.shape[0]),
                                lim.max_upload_bytes, lim.max_pixels)
-        settings = {"top_k": k, "min_score": smin,
-                    "ignore_mask": None if mask is None else (form.ignore_mask.filename or "upload"),
-                    **detector.settings()}
         name_a = form.image_a.filename or "image_a"
         name_b = form.image_b.filename or "image_b"
-        req = Request(Path(name_a), Path(name_b), img_a, img_b, form.method, form.model, self.ssim, k, smin,
-                      mask, None, detector, time.perf_counter() - t0, settings)
+        req = request_for(detector, name_a, name_b, img_a, img_b, method=form.method, model=form.model,
+                          ssim=self.ssim, top_k=k, min_score=smin, ignore_mask=mask,
+                          ignore_mask_path=None if mask is None else (form.ignore_mask.filename or "upload"),
+                          load_s=time.perf_counter() - t0)
         report, dets = run(req, keep_maps="maps" in includes)
         report["images"][0]["path"], report["images"][1]["path"] = name_a, name_b
         if "shown" in includes or "maps" in includes:
