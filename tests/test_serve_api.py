@@ -284,3 +284,18 @@ def test_page_docs_and_health_are_served_locally(client):
     assert {"/v1/detect", "/v1/models", "/healthz"} <= set(spec["paths"])
     assert "http://" not in page.text and "https://" not in page.text  # no external resource
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_chunked_body_over_the_cap_is_cut_off(pair_png):
+    """No Content-Length (a chunked upload): the body is counted as it streams in and refused at the cap
+    with a 413 and one line, not FastAPI's "error parsing the body" 400."""
+
+    def body():
+        for _ in range(50):
+            yield b"x" * 100_000
+
+    with make_client(max_upload_bytes=200_000) as c:
+        r = c.post("/v1/detect", content=body(), headers={"content-type": "multipart/form-data; boundary=zz"})
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        assert_one_line_error(r, 413, "request body", "more than 1,648,576 bytes")
+        assert_one_line_error(c.get("/nowhere"), 404, "Not Found")

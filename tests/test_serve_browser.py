@@ -38,7 +38,7 @@ def browser(tmp_path):
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="spotdiff-chromium-", dir=tmp_path)
     options.add_argument(f"--user-data-dir={profile}")
-    options.add_argument("--window-size=1280,900")
+    options.add_argument("--window-size=1280,1000")
     driver = webdriver.Chrome(service=Service(driver_bin), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -83,6 +83,7 @@ def _drawn(driver, slot: str) -> list:
     return driver.find_elements("css selector", f"#boxes-{slot} g.box:not(.hidden)")
 
 
+@pytest.mark.slow  # ~45 s on 2 busy cores: chromium, a server, two methods, five screenshots
 def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_model_file):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spotdiff import __version__
 from spotdiff.errors import SpotdiffError
@@ -35,6 +36,14 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
+class BodyTooLarge(Exception):
+    """Raised by `BodyLimit`'s receive once a streamed body passes the cap."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"request body: more than {max_bytes:,} bytes; send smaller images "
+                         "(see GET /v1/models for the limits)")
+
+
 class BodyLimit:
     """ASGI middleware: refuse a request body larger than `max_bytes` with 413 — from Content-Length
     before reading anything, or while a chunked body streams in — so an upload cannot fill the disk
@@ -46,16 +55,12 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = (f"request body: more than {self.max_bytes:,} bytes; send smaller images "
-                   "(see GET /v1/models for the limits)")
+        too_large = BodyTooLarge(self.max_bytes)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _error(413, message)(scope, receive, send)
+            return await _error(413, str(too_large))(scope, receive, send)
         seen = 0
         started = False
-
-        class TooLarge(Exception):
-            pass
 
         async def limited_receive():
             nonlocal seen
@@ -63,7 +68,7 @@ class BodyLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise TooLarge()
+                    raise too_large
             return msg
 
         async def tracking_send(msg):
@@ -75,8 +80,8 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except Exception as exc:
-            if not started and _caused_by(exc, TooLarge):
-                return await _error(413, message)(scope, receive, send)
+            if not started and _caused_by(exc, BodyTooLarge):
+                return await _error(413, str(too_large))(scope, receive, send)
             raise
 
 
@@ -120,6 +125,14 @@ def create_app(service: Service) -> FastAPIOffline:
         fix = ("send image_a and image_b as multipart/form-data files" if where in ("image_a", "image_b")
                else "see /docs for the fields")
         return _error(422, f"{where or 'request'}: {what}; {fix}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI turns a failure while reading the form into a 400; a body cut off at the cap is a 413
+        cut = next((e for e in (exc.__cause__, exc.__context__) if isinstance(e, BodyTooLarge)), None)
+        if cut is not None:
+            return _error(413, str(cut))
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
