@@ -299,3 +299,25 @@ def test_chunked_body_over_the_cap_is_cut_off(pair_png):
         assert "content-length" not in {k.lower() for k in r.request.headers}
         assert_one_line_error(r, 413, "request body", "more than 1,648,576 bytes")
         assert_one_line_error(c.get("/nowhere"), 404, "Not Found")
+
+
+def test_default_model_is_the_champion_or_default_file(monkeypatch, tiny_model_file, tmp_path, pair_png):
+    """No --model: the registry champion / models/cyws.pt (`detect.default_model_ref`) is offered; when it
+    cannot be loaded the server still starts, lists why, and ssim works."""
+    import spotdiff.serve.service as service
+
+    monkeypatch.setattr(service, "default_model_ref", lambda: str(tiny_model_file))
+    (choice,) = service.load_models([], engine="eager")
+    assert choice.detector is not None and choice.kind == "checkpoint"
+    broken = tmp_path / "cyws.pt"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(service, "default_model_ref", lambda: str(broken))
+    (choice,) = service.load_models([], engine="eager")
+    assert choice.detector is None and "cyws.pt" in choice.error
+    with make_client([choice]) as c:
+        listed = c.get("/v1/models").json()
+        assert listed["default_model"] is None and listed["models"][0]["available"] is False
+        assert post(c, *pair_png).status_code == 200
+        assert_one_line_error(post(c, *pair_png, method="cyws"), 400, "no learned model")
+    monkeypatch.setattr(service, "default_model_ref", lambda: None)
+    assert service.load_models([]) == []
