@@ -190,12 +190,13 @@ def test_unexpected_failure_is_a_500_without_trace(pair_png, monkeypatch):
 
 def test_cyws_models_listed_and_used(cyws_client, pair_png, tiny_model_file):
     models = cyws_client.get("/v1/models").json()
-    assert [m["id"] for m in models["models"]] == [str(tiny_model_file)]
-    assert models["default_model"] == str(tiny_model_file) and models["models"][0]["available"]
-    r = post(cyws_client, *pair_png, method="cyws", include="shown,maps")
+    assert [m["id"] for m in models["models"]] == ["cyws.pt"]  # by file name: no server path is shown
+    assert models["default_model"] == "cyws.pt" and models["models"][0]["available"]
+    r = post(cyws_client, *pair_png, method="cyws", model="cyws.pt", include="shown,maps")
     assert r.status_code == 200, r.text
     rep = r.json()
-    assert rep["model"] == str(tiny_model_file) and rep["method"] == "cyws"
+    assert rep["model"] == "cyws.pt" and rep["method"] == "cyws"
+    assert str(tiny_model_file.parent) not in r.text + json.dumps(models)
     assert rep["shown"]["rule"] == "after NMS" and len(rep["shown"]["images"][0]["boxes"]) <= 5
     (att,) = rep["maps"]
     h, w = att["grid"]
@@ -203,7 +204,7 @@ def test_cyws_models_listed_and_used(cyws_client, pair_png, tiny_model_file):
     assert att["kind"] == "attention" and grid.shape == (h * w, h * w)
     np.testing.assert_allclose(grid.sum(axis=1), 1.0, atol=1e-3)  # each A cell's map over B sums to 1
     assert_one_line_error(post(cyws_client, *pair_png, method="cyws", model="models:/other@champion"), 400,
-                          "not served here", str(tiny_model_file))
+                          "not served here", "cyws.pt")
     assert_one_line_error(post(cyws_client, *pair_png, method="cyws", align="none"), 400, "only used with method ssim")
 
 
@@ -321,3 +322,15 @@ def test_default_model_is_the_champion_or_default_file(monkeypatch, tiny_model_f
         assert_one_line_error(post(c, *pair_png, method="cyws"), 400, "no learned model")
     monkeypatch.setattr(service, "default_model_ref", lambda: None)
     assert service.load_models([]) == []
+
+
+def test_model_ids_are_file_names_made_unique(tiny_model_file, tmp_path):
+    import shutil
+
+    from spotdiff.serve.service import load_models
+
+    other = tmp_path / "elsewhere" / "cyws.pt"
+    other.parent.mkdir()
+    shutil.copy(tiny_model_file, other)
+    ids = [m.id for m in load_models([str(tiny_model_file), str(other), str(tiny_model_file)], engine="eager")]
+    assert ids == ["cyws.pt", "cyws.pt-2"]  # the same file twice is offered once

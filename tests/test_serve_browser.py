@@ -135,7 +135,7 @@ def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_mo
         # the learned model: pick cyws, the page asks again; click in A → co-attention over B
         Select(d.find_element("id", "method")).select_by_value("cyws")
         report = _wait_done(d)
-        assert report["method"] == "cyws" and report["model"] == str(tiny_model_file)
+        assert report["method"] == "cyws" and report["model"] == "cyws.pt"
         for slot, im in zip("ab", report["shown"]["images"]):
             assert len(_drawn(d, slot)) == len(im["boxes"])
         d.find_element("id", "overlay").click()

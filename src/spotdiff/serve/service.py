@@ -52,7 +52,7 @@ class Limits:
 class ModelChoice:
     """A learned model the server was started with (shared by every request)."""
 
-    id: str  # what a request names in `model`: the reference itself
+    id: str  # what a request names in `model`: a registry reference itself, a checkpoint's file name
     kind: str  # "registry" | "checkpoint" | "published"
     detector: CywsDetector | None = None
     error: str | None = None  # why it could not be loaded (the default champion only)
@@ -74,16 +74,28 @@ def _kind(ref: str) -> str:
     return "published" if Path(ref).name == PUBLISHED_FILE_NAME else "checkpoint"
 
 
+def _public_id(ref: str, taken: set[str]) -> str:
+    """How clients name a model: a registry reference as it is, a checkpoint by its file name (the
+    server's folders are nobody's business), made unique with -2, -3, ..."""
+    base = ref if is_registry_reference(ref) else Path(ref).name
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
+
+
 def load_models(refs: list[str], engine: str = "auto", device: str | None = None) -> list[ModelChoice]:
     """The models to serve: each of `refs` (a bad one raises SpotdiffError: the server does not start),
     or with none given the registry champion / models/cyws.pt when there is one (a failure to load it
     is kept as the choice's `error`, and the page offers ssim only)."""
-    choices = []
+    choices: list[ModelChoice] = []
+    taken: set[str] = set()
     if refs:
         for ref in dict.fromkeys(refs):
             det = build_detector("cyws", model=ref, engine=engine, device=device)
             det.engine  # noqa: B018 - build the engine (ONNX export) now, not in the first request
-            choices.append(ModelChoice(ref, _kind(ref), det))
+            choices.append(ModelChoice(_public_id(ref, taken), _kind(ref), det))
         return choices
     ref = default_model_ref()
     if ref is None:
@@ -91,9 +103,9 @@ def load_models(refs: list[str], engine: str = "auto", device: str | None = None
     try:
         det = build_detector("cyws", model=ref, engine=engine, device=device)
         det.engine  # noqa: B018
-        choices.append(ModelChoice(ref, _kind(ref), det))
-    except SpotdiffError as exc:
-        choices.append(ModelChoice(ref, _kind(ref), None, str(exc)))
+        choices.append(ModelChoice(_public_id(ref, taken), _kind(ref), det))
+    except SpotdiffError as exc:  # the message names the file: the operator reads it at start-up
+        choices.append(ModelChoice(_public_id(ref, taken), _kind(ref), None, str(exc)))
     return choices
 
 
@@ -199,7 +211,8 @@ class Service:
 
     # ------------------------------------------------------------------ validation (before decoding)
 
-    def _detector(self, form: DetectForm) -> Detector:
+    def _detector(self, form: DetectForm) -> tuple[Detector, str | None]:
+        """The detector a request asks for, and the model id it answers with."""
         cls = method_class(form.method, "method")
         if not cls.uses_model:
             if form.model:
@@ -208,7 +221,7 @@ class Service:
                 raise SpotdiffError(f"align: unknown value {form.align!r}; use one of {', '.join(ALIGNS)}")
             ssim = self.ssim if form.align is None else SsimParams.model_validate(
                 {**self.ssim.model_dump(), "align": form.align})
-            return build_detector(form.method, ssim)
+            return build_detector(form.method, ssim), None
         if form.align is not None:
             raise SpotdiffError("align: only used with method ssim; drop it")
         usable = [m for m in self.models if m.detector is not None]
@@ -216,10 +229,10 @@ class Service:
             raise SpotdiffError("method cyws: this server has no learned model; start it with "
                                 "`spotdiff serve --model REF` or register a champion, or use method ssim")
         if not form.model:
-            return usable[0].detector  # type: ignore[return-value]
+            return usable[0].detector, usable[0].id  # type: ignore[return-value]
         for m in usable:
             if m.id == form.model:
-                return m.detector  # type: ignore[return-value]
+                return m.detector, m.id  # type: ignore[return-value]
         raise SpotdiffError(f"model: {form.model!r} is not served here; choose one of "
                             f"{', '.join(m.id for m in usable)} (GET /v1/models)")
 
@@ -243,7 +256,7 @@ class Service:
         includes = self._includes(form.include)
         k = parse_top_k(form.top_k)
         smin = parse_min_score(form.min_score)
-        detector = self._detector(form)
+        detector, model_id = self._detector(form)
         lim = self.limits
         img_a = decode_image(form.image_a.data, "image_a", form.image_a.filename, lim.max_upload_bytes,
                              lim.max_pixels)
@@ -261,6 +274,7 @@ class Service:
                           ignore_mask_path=None if mask is None else (form.ignore_mask.filename or "upload"),
                           load_s=time.perf_counter() - t0)
         report, dets = run(req, keep_maps="maps" in includes)
+        report["model"] = model_id  # the id clients choose by (GET /v1/models), not a server path
         report["images"][0]["path"], report["images"][1]["path"] = name_a, name_b
         if "shown" in includes or "maps" in includes:
             shown = detector.display(dets, k)
