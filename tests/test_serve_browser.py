@@ -8,14 +8,19 @@ set (how docs/serve_page.png is made)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 import pytest
 
-from helpers.images import astronaut_pair
+from helpers.images import astronaut_pair, iou
 from helpers.serve import running_server
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,12 +44,61 @@ def browser(tmp_path):
     profile = tempfile.mkdtemp(prefix="spotdiff-chromium-", dir=tmp_path)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument("--window-size=1280,1000")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(driver_bin), options=options)
     driver.set_page_load_timeout(60)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
     try:
         yield driver
     finally:
         driver.quit()
+
+
+# Two PNGs made in the page (grey, and grey with a red block at x 30-70, y 20-50), as a clipboard
+# paste and as a drop of two files would hand them over.
+_MAKE_PNG = """
+async function png(red) {
+  const c = document.createElement('canvas'); c.width = 120; c.height = 90;
+  const x = c.getContext('2d'); x.fillStyle = '#808080'; x.fillRect(0, 0, 120, 90);
+  if (red) { x.fillStyle = '#ff0000'; x.fillRect(30, 20, 40, 30); }
+  return await new Promise((r) => c.toBlob(r, 'image/png'));
+}
+"""
+PASTE_TWO = _MAKE_PNG + """
+const done = arguments[arguments.length - 1];
+(async () => {
+  for (const red of [false, true]) {
+    const dt = new DataTransfer();
+    dt.items.add(new File([await png(red)], 'clip.png', {type: 'image/png'}));
+    document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));
+  }
+  done(true);
+})();
+"""
+DROP_TWO = _MAKE_PNG + """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const dt = new DataTransfer();
+  dt.items.add(new File([await png(true)], 'dropped-1.png', {type: 'image/png'}));
+  dt.items.add(new File([await png(false)], 'dropped-2.png', {type: 'image/png'}));
+  document.getElementById('drop-a').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                                         cancelable: true}));
+  done(true);
+})();
+"""
+
+
+def _downloaded(driver, name: str, timeout: float = 30) -> Path:
+    path = driver.downloads / name
+    deadline = time.monotonic() + timeout
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.is_file(), sorted(p.name for p in driver.downloads.iterdir())
+    return path
 
 
 def _screenshot(driver, tmp_path: Path, name: str) -> Path:
@@ -69,6 +123,12 @@ def _pair(tmp_path: Path) -> tuple[Path, Path]:
     return pa, pb
 
 
+def _expect_request(driver) -> None:
+    """Mark the page before an action that makes it ask the server, so `_wait_done` waits for that answer
+    (the page sends on the next tick, and the last answer's "done" is still on the body until then)."""
+    driver.execute_script("document.body.dataset.state = 'waiting';")
+
+
 def _wait_done(driver, timeout: float = 120) -> dict:
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -89,6 +149,8 @@ def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_mo
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
+    from spotdiff.render import PALETTE
+
     pa, pb = _pair(tmp_path)
     args = ["--workers", "1", "--threads", "1", "--model", str(tiny_model_file), "--engine", "eager"]
     with running_server(args, tmp_path) as server:
@@ -108,6 +170,17 @@ def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_mo
             assert sorted(int(g.get_attribute("data-label")) for g in drawn) == sorted(im["labels"])
         assert d.find_element("id", "count").get_attribute("data-a") == str(len(shown[0]["boxes"]))
         _screenshot(d, tmp_path, "serve_page.png")
+
+        # downloads: the JSON is the answer; the PNG is image A with the shown boxes in their colours
+        d.find_element("id", "dl-json").click()
+        d.find_element("id", "dl-a").click()
+        saved_json = _downloaded(d, "astronaut_vs_astronaut_changed.json")
+        assert json.loads(saved_json.read_text())["images"] == report["images"]
+        png = np.asarray(Image.open(_downloaded(d, "astronaut.boxes.png")).convert("RGB"))
+        assert png.shape == (512, 512, 3)
+        for (x1, y1, x2, _), label in zip(shown[0]["boxes"], shown[0]["labels"]):
+            edge = png[int(y1), int((x1 + x2) / 2)]  # the middle of the box's top edge
+            assert np.abs(edge.astype(int) - PALETTE[(label - 1) % len(PALETTE)]).max() <= 8, (label, edge)
 
         # hovering box #1 in A highlights #1 in B
         ActionChains(d).move_to_element(_drawn(d, "a")[0]).perform()
@@ -133,6 +206,7 @@ def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_mo
         _screenshot(d, tmp_path, "serve_page_difference.png")
 
         # the learned model: pick cyws, the page asks again; click in A → co-attention over B
+        _expect_request(d)
         Select(d.find_element("id", "method")).select_by_value("cyws")
         report = _wait_done(d)
         assert report["method"] == "cyws" and report["model"] == "cyws.pt"
@@ -147,12 +221,27 @@ def test_page_upload_boxes_slider_overlay_screenshots(browser, tmp_path, tiny_mo
 
         # a phone-sized screen: the panes stack, both images still fully visible in width
         d.set_window_size(390, 844)
+        _expect_request(d)
         Select(d.find_element("id", "method")).select_by_value("ssim")
         _wait_done(d)
         a_box, b_box = (d.find_element("id", f"pane-{s}").rect for s in "ab")
         assert b_box["y"] >= a_box["y"] + a_box["height"] - 1  # stacked
         assert a_box["width"] <= 390
         _screenshot(d, tmp_path, "serve_page_phone.png")
+
+        # paste from the clipboard (A, then B), then drop two files on A: each time the page asks again
+        d.set_window_size(1280, 1000)
+        d.get(server.url + "/")
+        _expect_request(d)
+        d.execute_async_script(PASTE_TWO)
+        report = _wait_done(d)
+        assert [im["path"] for im in report["images"]] == ["pasted-a.png", "pasted-b.png"]
+        assert iou(report["images"][0]["boxes"][0], (30, 20, 70, 50)) > 0.5
+        _expect_request(d)
+        d.execute_async_script(DROP_TWO)
+        report = _wait_done(d)
+        assert [im["path"] for im in report["images"]] == ["dropped-1.png", "dropped-2.png"]
+        assert server.get_json("/healthz")["served"] == served + 4  # cyws, ssim (phone), paste, drop: one request each
 
         # a refused upload shows the server's one line
         bad = tmp_path / "notes.png"

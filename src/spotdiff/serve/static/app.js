@@ -11,6 +11,8 @@ const SVG = "http://www.w3.org/2000/svg";
 const files = { a: null, b: null };
 let report = null;      // the last answer of POST /v1/detect
 let catalogue = null;   // GET /v1/models
+let latest = 0;         // the newest request: an older answer arriving late is dropped
+let pending = null;     // a request scheduled for the next tick (two files dropped at once: one request)
 
 function colour(label) { return PALETTE[(label - 1) % PALETTE.length]; }
 
@@ -31,7 +33,13 @@ function setFile(slot, file) {
   drop.classList.add("filled");
   drop.querySelector(".hint").innerHTML = `<b>Image ${slot.toUpperCase()}</b><br>${escapeHtml(file.name || "pasted")}`;
   $("run").disabled = !(files.a && files.b);
-  if (files.a && files.b) detect();
+  scheduleDetect();
+}
+
+function scheduleDetect() {
+  if (!(files.a && files.b)) return;
+  clearTimeout(pending);
+  pending = setTimeout(detect, 0);
 }
 
 function escapeHtml(s) {
@@ -88,14 +96,15 @@ async function loadCatalogue() {
 }
 
 function showModelRow() { $("model-row").hidden = $("method").value !== "cyws"; }
-$("method").addEventListener("change", () => { showModelRow(); if (files.a && files.b) detect(); });
-$("model").addEventListener("change", () => { if (files.a && files.b) detect(); });
+$("method").addEventListener("change", () => { showModelRow(); scheduleDetect(); });
+$("model").addEventListener("change", scheduleDetect);
 $("run").addEventListener("click", detect);
 
 // ---------------------------------------------------------------- one request
 
 async function detect() {
   if (!(files.a && files.b)) return;
+  const mine = ++latest;
   const form = new FormData();
   form.append("image_a", files.a, files.a.name || "a.png");
   form.append("image_b", files.b, files.b.name || "b.png");
@@ -109,6 +118,7 @@ async function detect() {
   try {
     const res = await fetch("/v1/detect", { method: "POST", body: form });
     const body = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+    if (mine !== latest) return;  // a newer request is on its way
     if (!res.ok) {
       setStatus(body.error || `HTTP ${res.status}`, true);
       document.body.dataset.state = "error";
@@ -120,10 +130,11 @@ async function detect() {
     setStatus(`${report.num_changes} change(s) by ${report.method}${report.model ? " (" + report.model + ")" : ""} in ${secs} s`);
     document.body.dataset.state = "done";
   } catch (e) {
+    if (mine !== latest) return;
     setStatus("request failed: " + e, true);
     document.body.dataset.state = "error";
   } finally {
-    $("run").disabled = false;
+    if (mine === latest) $("run").disabled = false;
   }
 }
 
