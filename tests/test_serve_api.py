@@ -334,3 +334,31 @@ def test_model_ids_are_file_names_made_unique(tiny_model_file, tmp_path):
     shutil.copy(tiny_model_file, other)
     ids = [m.id for m in load_models([str(tiny_model_file), str(other), str(tiny_model_file)], engine="eager")]
     assert ids == ["cyws.pt", "cyws.pt-2"]  # the same file twice is offered once
+
+
+@pytest.mark.parametrize("fmt, name", [("JPEG", "a.jpg"), ("WEBP", "a.webp"), ("TIFF", "a.tif"),
+                                       ("BMP", "a.bmp"), ("GIF", "a.gif")])
+def test_every_sniffed_format_is_decoded(client, fmt, name):
+    """Each format the content check lets through is one the loader reads: same size back, a change found."""
+    import io
+
+    from PIL import Image
+
+    from spotdiff.serve.uploads import sniff
+
+    a, b = astronaut_pair()
+    data = []
+    for img in (a[::2, ::2], b[::2, ::2]):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(img)).save(buf, format=fmt)
+        data.append(buf.getvalue())
+    assert sniff(data[0]) == fmt.lower()
+    r = post(client, data[0], data[1], name_a=name, name_b=name)
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert (rep["images"][0]["width"], rep["images"][0]["height"]) == (256, 256) and rep["num_changes"] >= 1
+
+
+def test_a_text_field_where_a_file_belongs(client, pair_png):
+    r = client.post("/v1/detect", data={"image_a": "hello"}, files={"image_b": ("b.png", pair_png[1])})
+    assert_one_line_error(r, 422, "image_a", "multipart")
