@@ -173,7 +173,9 @@ function drawBoxes(svg, im) {
   svg.innerHTML = "";
   svg.setAttribute("viewBox", `0 0 ${im.width} ${im.height}`);
   svg.setAttribute("preserveAspectRatio", "none");
-  const font = Math.max(10, Math.round(Math.max(im.width, im.height) / 40));
+  // labels at least 13 screen pixels high, however small the image is shown (a phone)
+  const onScreen = svg.getBoundingClientRect().width || im.width;
+  const font = Math.max(Math.max(im.width, im.height) / 40, 13 * im.width / onScreen);
   im.boxes.forEach(([x1, y1, x2, y2], i) => {
     const label = im.labels[i];
     const g = document.createElementNS(SVG, "g");
