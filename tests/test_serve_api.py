@@ -362,3 +362,32 @@ def test_every_sniffed_format_is_decoded(client, fmt, name):
 def test_a_text_field_where_a_file_belongs(client, pair_png):
     r = client.post("/v1/detect", data={"image_a": "hello"}, files={"image_b": ("b.png", pair_png[1])})
     assert_one_line_error(r, 422, "image_a", "multipart")
+
+
+def test_a_slow_upload_is_cut_off_with_504():
+    """A client that sends its body too slowly holds no connection past the limit: 504, one line."""
+    import asyncio
+
+    from spotdiff.serve.app import BodyLimit
+
+    async def app(scope, receive, send):  # reads the whole body, as form parsing does
+        while (await receive()).get("more_body", False):
+            pass
+        raise AssertionError("the body never ends")
+
+    async def slow_receive():
+        await asyncio.sleep(0.2)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent = []
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/detect", "headers": []}
+    t0 = time.monotonic()
+    asyncio.run(BodyLimit(app, max_bytes=10**9, timeout_s=1.0)(scope, slow_receive, send))
+    assert 0.9 < time.monotonic() - t0 < 5
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 504
+    body = json.loads(sent[1]["body"])
+    assert "not answered within the server's 1 s limit" in body["error"]

@@ -47,10 +47,12 @@ class BodyTooLarge(Exception):
 class BodyLimit:
     """ASGI middleware: refuse a request body larger than `max_bytes` with 413 — from Content-Length
     before reading anything, or while a chunked body streams in — so an upload cannot fill the disk
-    or memory before the form is parsed."""
+    or memory before the form is parsed; and answer 504 to a request not answered within
+    `timeout_s` from its first byte (a slow upload included: the detection's own wait in the pool is
+    bounded by the same number inside the endpoint)."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -78,7 +80,15 @@ class BodyLimit:
             await send(msg)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            # the API only: a page or docs file going out slowly to a slow client is no one's problem
+            timeout = self.timeout_s if scope.get("path", "").startswith("/v1/") else None
+            await asyncio.wait_for(self.app(scope, limited_receive, tracking_send), timeout)
+        except asyncio.TimeoutError:
+            if started:
+                raise
+            return await _error(504, f"request: not answered within the server's {self.timeout_s:g} s limit "
+                                     "(a slow upload or a long queue); retry, with smaller images")(
+                scope, receive, send)
         except Exception as exc:
             if not started and _caused_by(exc, BodyTooLarge):
                 return await _error(413, str(too_large))(scope, receive, send)
@@ -114,7 +124,9 @@ def create_app(service: Service) -> FastAPIOffline:
                     "`spotdiff detect --json`.",
     )
     limits = service.limits
-    app.add_middleware(BodyLimit, max_bytes=3 * limits.max_upload_bytes + 1024 * 1024)
+    # the endpoint answers its own 504 first (timeout_s from entering the pool); this one catches the rest
+    app.add_middleware(BodyLimit, max_bytes=3 * limits.max_upload_bytes + 1024 * 1024,
+                       timeout_s=limits.timeout_s + 1.0)
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)
