@@ -70,7 +70,10 @@ def serve(
     app = create_app(Service(ssim, models, limits))
     typer.echo(f"spotdiff serve: http://{host}:{port}/  (API docs at /docs)", err=True)
     logging.getLogger("spotdiff.serve").setLevel(logging.INFO)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # a hard ceiling on open requests (uvicorn answers 503 beyond it, before reading a byte); the pool's
+    # own 503 (one JSON line) comes first, the spare connections are for /healthz and the page
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                limit_concurrency=workers + queue + 32)
     return 0
 
 

@@ -188,6 +188,11 @@ def create_app(service: Service) -> FastAPIOffline:
         ignore_mask: Optional[UploadFile] = File(None, description="Mask the size of A; white = ignore."),
         include: Optional[str] = Form(None, description="Extras, comma-separated: shown, maps."),
     ) -> JSONResponse:
+        busy = _error(503, f"server busy: {limits.workers} detections running and {limits.queue} "
+                           "waiting; retry in a few seconds", headers={"Retry-After": "5"})
+        if service.pool.full():  # before the uploads are read into memory (starlette spooled them to disk)
+            return busy
+
         async def upload(field: str, f: UploadFile) -> Upload:
             # read at most one byte over the cap: the size check then refuses it
             return Upload(field, f.filename, await f.read(limits.max_upload_bytes + 1))
@@ -205,8 +210,7 @@ def create_app(service: Service) -> FastAPIOffline:
         except SpotdiffError as exc:
             return _error(400, str(exc))
         except Busy:
-            return _error(503, f"server busy: {limits.workers} detections running and {limits.queue} "
-                               "waiting; retry in a few seconds", headers={"Retry-After": "5"})
+            return busy
         except asyncio.TimeoutError:
             return _error(504, f"detection took longer than the server's {limits.timeout_s:g} s limit; "
                                "send smaller images or retry later")

@@ -128,9 +128,12 @@ class WorkerPool:
             self.pending -= 1
             self.served += 1
 
+    def full(self) -> bool:
+        return self.pending >= self.workers + self.queue
+
     def submit(self, fn: Callable[[], Any]) -> Future:
         with self._lock:
-            if self.pending >= self.workers + self.queue:
+            if self.full():
                 raise Busy()
             self.pending += 1
         fut = self._pool.submit(fn)
