@@ -91,13 +91,14 @@ def detect(
              "compile or bf16 (see BENCHMARKS.md)."),
 ) -> int:
     """Find what changed between two images and box it in both."""
+    import json
     import time
     import warnings
 
     from spotdiff.detect import prepare, run
     from spotdiff.errors import SpotdiffError
-    from spotdiff.fsutil import write_json_atomic
-    from spotdiff.imageio import write_png
+    from spotdiff.fsutil import atomic_paths
+    from spotdiff.imageio import write_png_to
     from spotdiff.render import draw_boxes, heatmap_overlay, side_by_side
 
     t0 = time.perf_counter()
@@ -130,14 +131,16 @@ def detect(
               + (f" | align {dets.extras['align']}" if "align" in dets.extras else ""))
     panel = side_by_side(tiles, header=header, captions=captions)
     report["outputs"] = {k: str(v) for k, v in paths.items()}
-    report["timings"]["write_s"] = 0.0
     tw = time.perf_counter()
-    write_png(paths["boxes_a"], ann_a)
-    write_png(paths["boxes_b"], ann_b)
-    write_png(paths["panel"], panel)
-    report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
-    report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-    write_json_atomic(paths["json"], report)
+    # All or nothing: every output goes to a temporary sibling; the four are renamed into place only
+    # when all were written (a full disk, a file-size limit or Ctrl-C leaves none of them).
+    with atomic_paths(paths) as tmp:
+        write_png_to(tmp["boxes_a"], ann_a)
+        write_png_to(tmp["boxes_b"], ann_b)
+        write_png_to(tmp["panel"], panel)
+        report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
+        report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+        tmp["json"].write_text(json.dumps(report, indent=2) + "\n")
 
     for note in dets.extras.get("notes", []):
         typer.echo(f"note: {note}", err=True)
