@@ -114,17 +114,13 @@ def atomic_paths(paths: dict[str, Path]) -> Iterator[dict[str, Path]]:
             os.replace(tmps[key], p)
             done.append(Path(p))
     except BaseException:
-        for p in done:
+        for p in [*done, *tmps.values()]:
             with contextlib.suppress(OSError):
                 Path(p).unlink()
         for q in reversed(created):
             with contextlib.suppress(OSError):
                 q.rmdir()  # only when still empty
         raise
-    finally:
-        for tmp in tmps.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 @contextlib.contextmanager

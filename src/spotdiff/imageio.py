@@ -26,7 +26,9 @@ same pixels always give the same bytes: no timestamp, no text chunks, fixed comp
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -183,12 +185,36 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hold back what native decoders write straight to file descriptor 2 (libpng's "libpng error:",
+    libtiff's and OpenCV's "[ERROR]" lines) while OpenCV decodes: the caller reports a failure as
+    one line of its own. Python's own sys.stderr is untouched."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all
+            yield
+            return
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _read_with_opencv(path: Path) -> np.ndarray | None:
     """Fallback decoder for files Pillow refuses; None when OpenCV cannot decode it either."""
     import cv2
 
     data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    with _quiet_native_stderr():
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if arr is None:
         return None
     arr = _to_uint8(arr)

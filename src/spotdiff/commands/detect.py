@@ -134,13 +134,22 @@ def detect(
     tw = time.perf_counter()
     # All or nothing: every output goes to a temporary sibling; the four are renamed into place only
     # when all were written (a full disk, a file-size limit or Ctrl-C leaves none of them).
-    with atomic_paths(paths) as tmp:
-        write_png_to(tmp["boxes_a"], ann_a)
-        write_png_to(tmp["boxes_b"], ann_b)
-        write_png_to(tmp["panel"], panel)
-        report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
-        report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-        tmp["json"].write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        with atomic_paths(paths) as tmp:
+            write_png_to(tmp["boxes_a"], ann_a)
+            write_png_to(tmp["boxes_b"], ann_b)
+            write_png_to(tmp["panel"], panel)
+            report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
+            report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+            tmp["json"].write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:  # disk full, file-size limit, read-only or special file system
+        where = exc.filename or out
+        for final in paths.values():  # name the output, not its temporary sibling
+            if exc.filename and Path(exc.filename).parent == final.parent:
+                where = final if Path(exc.filename).name.startswith(f".{final.name}.") else final.parent
+                break
+        raise SpotdiffError(f"{where}: cannot write the outputs ({exc.strerror or exc}); nothing was "
+                            "written; free space or choose another --out / --json") from None
 
     for note in dets.extras.get("notes", []):
         typer.echo(f"note: {note}", err=True)

@@ -64,9 +64,9 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     """
     out_dir = Path(out_dir)
     manifest = Path(manifest)
+    trainer_kwargs = _trainer_kwargs(params)  # this machine can run it: checked before any work
     if not manifest.is_file():
         raise SpotdiffError(f"{manifest}: pairs manifest not found; run `dvc repro pairs` first")
-    trainer_kwargs = _trainer_kwargs(params)  # this machine can run it: checked before any work
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     threads = apply_threads(params.train)
