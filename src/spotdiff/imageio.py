@@ -56,6 +56,9 @@ def check_file(path: str | Path, what: str = "image") -> Path:
     """Check that `path` is an existing, non-empty, readable regular file; return it as a Path."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise _fail(path, "a symbolic link to nothing (its target is missing, or the links loop)",
+                        f"pass the {what} file itself")
         raise _fail(path, "no such file", f"check the {what} path")
     if path.is_dir():
         raise _fail(path, "is a directory, not an image file", f"pass the {what} file itself")

@@ -32,6 +32,14 @@ def _writable_location(path: Path, what: str) -> None:
         raise SpotdiffError(f"{parent}: not writable; choose another {what} location")
 
 
+def _resolved(path: Path) -> Path:
+    """`path.resolve()`, or its absolute path when links loop (the loader names that problem)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path]) -> dict[str, Path]:
     """Where `spotdiff detect` writes: <stem>.boxes.png for A and B, a panel and the JSON report."""
     from spotdiff.errors import SpotdiffError
@@ -49,9 +57,9 @@ def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path
     }
     if out.exists() and not out.is_dir():
         raise SpotdiffError(f"{out}: --out must be a directory, but this is a file; choose another --out")
-    inputs = {path_a.resolve(), path_b.resolve()}
+    inputs = {_resolved(path_a), _resolved(path_b)}
     for key, p in paths.items():
-        if p.resolve() in inputs:
+        if _resolved(p) in inputs:
             raise SpotdiffError(f"{p}: output would overwrite an input image; choose another --out/--json")
         _writable_location(p, "--json" if key == "json" else "--out")
     return paths
