@@ -81,6 +81,9 @@ _WRITE_ERRNOS = {errno.EFBIG: "the file-size limit (ulimit -f) was reached",
                  errno.EPERM: "operation not permitted"}
 
 
+_INTERRUPTED = "interrupted (Ctrl-C); nothing half-written was kept, rerun to start again"
+
+
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     return lines[0] if lines else ""
@@ -100,7 +103,7 @@ def _run(argv: list[str] | None) -> int:
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
-        _error("interrupted (Ctrl-C); nothing half-written was kept, rerun to start again")
+        _error(_INTERRUPTED)
         return 130
     except SystemExit as exc:  # typer/click exits (e.g. --help)
         return exc.code if isinstance(exc.code, int) else 0
@@ -120,6 +123,8 @@ def _run(argv: list[str] | None) -> int:
             _error(f"aborted{': ' + _first_line(str(exc)) if str(exc) else ''}; rerun when ready")
             return 1
         if exits and isinstance(exc, exits):
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                _error(_INTERRUPTED)
             return int(getattr(exc, "exit_code", 0) or 0)
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
             name = exc.filename or "output"
@@ -127,6 +132,8 @@ def _run(argv: list[str] | None) -> int:
                    "choose another output location, then rerun")
             return 2
         raise
+    if rv == 130:  # typer (non-standalone) turns Ctrl-C into Exit(130) and returns its code
+        _error(_INTERRUPTED)
     return rv if isinstance(rv, int) else 0
 
 
