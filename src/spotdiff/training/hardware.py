@@ -33,29 +33,30 @@ def available_strategies() -> list[str]:
     return ["auto", *sorted(StrategyRegistry.available_strategies())]
 
 
-def check_hardware(t: TrainParams) -> None:
+def check_hardware(t: TrainParams, source: str = "params.yaml") -> None:
     """Raise SpotdiffError when `t.accelerator`, `t.devices`, `t.num_nodes` or `t.strategy` cannot run
-    here."""
+    here; `source` names the params file in the message."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
     if accelerator == "gpu" and gpus == 0:
-        raise SpotdiffError(f"params.yaml: train.accelerator is {t.accelerator} but this machine has no "
+        raise SpotdiffError(f"{source}: train.accelerator is {t.accelerator} but this machine has no "
                             "CUDA GPU that torch can use; set train.accelerator: cpu (or auto)")
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus > 0)
     have, unit = (gpus, "CUDA GPU(s)") if on_gpu else (cpu_count(), "CPU(s)")
     if t.devices != "auto" and t.devices > have:
-        raise SpotdiffError(f"params.yaml: train.devices is {t.devices} but this machine has {have} {unit} "
+        raise SpotdiffError(f"{source}: train.devices is {t.devices} but this machine has {have} {unit} "
                             f"for it; set train.devices to at most {have} (or auto)")
     if t.num_nodes > 1 and not any(k in os.environ for k in _CLUSTER_ENV):
-        raise SpotdiffError(f"params.yaml: train.num_nodes is {t.num_nodes} but no multi-node launcher "
+        raise SpotdiffError(f"{source}: train.num_nodes is {t.num_nodes} but no multi-node launcher "
                             "(torchrun, SLURM) set this run up; set train.num_nodes: 1 or launch it from one")
     strategies = available_strategies()
     if t.strategy not in strategies:
-        raise SpotdiffError(f"params.yaml: train.strategy {t.strategy!r} is not a Lightning strategy; use one "
-                            f"of {', '.join(strategies[:8])}, ...")
+        common = [s for s in strategies if "find_unused" not in s and "offload" not in s]
+        raise SpotdiffError(f"{source}: train.strategy {t.strategy!r} is not a Lightning strategy; use one "
+                            f"of {', '.join(common)}")
     if t.strategy.startswith("deepspeed"):
         try:
             import deepspeed  # noqa: F401
         except ImportError:
-            raise SpotdiffError(f"params.yaml: train.strategy {t.strategy} needs the deepspeed package, "
+            raise SpotdiffError(f"{source}: train.strategy {t.strategy} needs the deepspeed package, "
                                 "which is not installed; use auto or ddp") from None
