@@ -129,9 +129,9 @@ def test_params_reject_unvalidated_last_step():
 def test_params_decoder_channels_are_five_positive_integers():
     assert params_from_dict({"model": {"decoder_channels": [128, 128, 64, 64, 32]}}).model.decoder_channels == (
         128, 128, 64, 64, 32)
-    for bad in ([128, 64], [128, 128, 64, 64, 0], [128, 128, 64, 64, 4097], [128, 128, 64, 64, 32.0],
+    for bad in ([128, 64], [128, 128, 64, 64, 0], [128, 128, 64, 64, 1025], [128, 128, 64, 64, 32.0],
                 [128, 128, 64, 64, True]):
-        assert "model.decoder_channels must be 5 integers in [1, 4096]" in _error({"model": {"decoder_channels": bad}})
+        assert "model.decoder_channels must be 5 integers in [1, 1024]" in _error({"model": {"decoder_channels": bad}})
     assert "model.decoder_channels must be a list (got 'wide')" in _error({"model": {"decoder_channels": "wide"}})
 
 

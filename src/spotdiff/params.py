@@ -66,7 +66,7 @@ COUNT_MAX = 10_000_000  # steps, images, pairs: far above any run, far below an 
 IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE} in [{IMAGE_SIZE_MIN}, {IMAGE_SIZE_MAX}]"
 MAX_BOXES_MIN, MAX_BOXES_MAX = 1, 1000
 DECODER_BLOCKS = 5
-DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX = 1, 4096
+DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX = 1, 1024  # 4096 wide: ~3 GB of decoder weights
 DECODER_CHANNELS_RULE = (f"{DECODER_BLOCKS} integers in [{DECODER_CHANNELS_MIN}, {DECODER_CHANNELS_MAX}], "
                          "deepest block first")
 # The reference's decoder widths (and those of the authors' published weights), deepest block first.
