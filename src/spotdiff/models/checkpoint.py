@@ -42,7 +42,7 @@ def _check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             total = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        raise SpotdiffError(f"{path}: not a model checkpoint (not torch's zip format, or damaged); "
+        raise SpotdiffError(f"{path}: not a readable model checkpoint (not torch's zip format, or damaged); "
                             f"{_hint()}") from None
     if total > MAX_CHECKPOINT_BYTES:
         raise SpotdiffError(f"{path}: the checkpoint unpacks to {total / 2**30:.1f} GiB, more than the "
