@@ -127,7 +127,7 @@ def _run(argv: list[str] | None) -> int:
                 _error(_INTERRUPTED)
             return int(getattr(exc, "exit_code", 0) or 0)
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            name = exc.filename or "output"
+            name = exc.filename or "an output file"
             _error(f"{name}: cannot write ({_WRITE_ERRNOS[exc.errno]}); free space, raise the limit or "
                    "choose another output location, then rerun")
             return 2

@@ -4,6 +4,7 @@ runner for cases that need their own process (a memory limit, a file-size limit)
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -15,10 +16,14 @@ DRIVER = Path(__file__).with_name("driver.py")
 MEMORY_LIMIT = 3 << 30  # RLIMIT_DATA of the child: a regression fails instead of swapping the machine
 
 
+_PROGRESS = re.compile(r"\d+%\|.*\| *\d+/\d+")  # a tqdm bar: "desc:  40%|####  | 2/5 [..]"
+
+
 def assert_user_error(rc, out: str, err: str, leftovers: Path | None = None, code: int = 2) -> str:
     """The promise: exit `code`, exactly one stderr line starting `spotdiff: error:`, no traceback,
-    and (when given) nothing at `leftovers` (the output location does not exist, or is empty)."""
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    and (when given) nothing at `leftovers` (the output location does not exist, or is empty).
+    Progress bars a stage drew before it failed are not error lines and are left out."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not _PROGRESS.search(ln)]
     assert rc == code, f"exit {rc}, expected {code}; stderr: {err[-2000:]}"
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}: {err[-2000:]}"
     assert lines[0].startswith("spotdiff: error: "), lines[0]

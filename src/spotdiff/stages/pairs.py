@@ -17,6 +17,7 @@ import torch
 
 from spotdiff.data.pairs import MANIFEST, PREVIEW, build_manifest
 from spotdiff.data.pairs_dataset import PairDataset
+from spotdiff.errors import SpotdiffError
 from spotdiff.fsutil import atomic_paths
 from spotdiff.imageio import write_png, write_png_to
 from spotdiff.params import AugmentParams, Params
@@ -65,11 +66,15 @@ def run(params: Params, inpainted: str | Path, out: str | Path) -> dict:
     torch.set_num_threads(1)
     try:
         manifest = build_manifest(params.pairs, inpainted, out)
-        with atomic_paths({"manifest": out / MANIFEST, "preview": out / PREVIEW}) as tmp:
-            tmp["manifest"].write_text(json.dumps(manifest) + "\n")
-            render_preview(tmp["manifest"], tmp["preview"], params.pairs.preview_count,
-                           params.model.image_size, params.pairs.augment, seed=params.pairs.seed,
-                           write=write_png_to)
+        try:
+            with atomic_paths({"manifest": out / MANIFEST, "preview": out / PREVIEW}) as tmp:
+                tmp["manifest"].write_text(json.dumps(manifest) + "\n")
+                render_preview(tmp["manifest"], tmp["preview"], params.pairs.preview_count,
+                               params.model.image_size, params.pairs.augment, seed=params.pairs.seed,
+                               write=write_png_to)
+        except OSError as exc:  # disk full, file-size limit, read-only file system: nothing was kept
+            raise SpotdiffError(f"{out}: cannot write {MANIFEST} and {PREVIEW} ({exc.strerror or exc}); "
+                                "nothing was written; free space or choose another --out") from None
     finally:
         torch.set_num_threads(threads)
     return manifest["counts"]
