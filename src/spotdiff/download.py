@@ -8,12 +8,14 @@ absolute paths, `..` escapes, links and special files are refused before anythin
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
@@ -89,32 +91,82 @@ def extract_archive(archive: str | Path, dest: str | Path, names: Iterable[str] 
     """Extract a zip or tar(.gz/.bz2/.xz) into `dest` (only `names`, when given).
 
     Every member is checked before any is written: escapes, links and special files are refused.
+    Each file is written to a temporary sibling and renamed when complete; a corrupt archive (bad
+    CRC, truncated, not an archive) raises SpotdiffError and removes every file this call wrote.
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     wanted = None if names is None else list(names)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist() if wanted is None else [_zip_member(zf, archive, n) for n in wanted]
-            members = [(info, safe_member_path(dest, info.filename, archive)) for info in infos]
-            for info, _ in members:
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise SpotdiffError(f"{archive}: member {info.filename!r} is a symbolic link; refusing "
-                                        "to extract this archive")
-            for info, target in tqdm(members, desc=desc, unit="file", disable=len(members) < 100):
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-        return
+    written: list[Path] = []
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest, wanted, desc, written)
+        else:
+            _extract_tar(archive, dest, wanted, desc, written)
+    except SpotdiffError:
+        _remove(written)
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
+            ValueError, NotImplementedError) as exc:
+        _remove(written)
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.filename is not None:
+            raise  # a write problem (disk full, ...) of ours: the command line names the file
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpotdiffError(f"{archive}: corrupt or truncated archive ({detail}); delete it and rerun to "
+                            "download it again") from None
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in reversed(paths):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _write_member(src, target: Path, written: list[Path]) -> None:
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        with src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+        os.replace(tmp, target)
+        written.append(target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _extract_zip(archive: Path, dest: Path, wanted: list[str] | None, desc: str, written: list[Path]) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist() if wanted is None else [_zip_member(zf, archive, n) for n in wanted]
+        members = [(info, safe_member_path(dest, info.filename, archive)) for info in infos]
+        for info, _ in members:
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise SpotdiffError(f"{archive}: member {info.filename!r} is a symbolic link; refusing "
+                                    "to extract this archive")
+        for info, target in tqdm(members, desc=desc, unit="file", disable=len(members) < 100):
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_member(zf.open(info), target, written)
+
+
+def _extract_tar(archive: Path, dest: Path, wanted: list[str] | None, desc: str, written: list[Path]) -> None:
     try:
         tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError):
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
         raise SpotdiffError(f"{archive}: neither a zip nor a tar archive; delete it and rerun") from None
     with tf:
-        members = tf.getmembers() if wanted is None else [tf.getmember(n) for n in wanted]
+        if wanted is None:
+            members = tf.getmembers()
+        else:
+            members = []
+            for n in wanted:
+                try:
+                    members.append(tf.getmember(n))
+                except KeyError:
+                    raise SpotdiffError(f"{archive}: member {n} is missing; the archive is incomplete") from None
         checked = []
         for m in members:
             target = safe_member_path(dest, m.name, archive)
@@ -129,8 +181,7 @@ def extract_archive(archive: str | Path, dest: str | Path, names: Iterable[str] 
             target.parent.mkdir(parents=True, exist_ok=True)
             src = tf.extractfile(m)
             assert src is not None  # a regular file, checked above
-            with src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
+            _write_member(src, target, written)
 
 
 def _zip_member(zf: zipfile.ZipFile, archive: Path, name: str) -> zipfile.ZipInfo:

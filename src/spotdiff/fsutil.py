@@ -74,6 +74,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output folder gets ordinary permissions
     try:
         yield tmp
         if path.exists():
@@ -86,6 +87,55 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """All or nothing for several files: yield {key: temporary sibling}; when the block succeeds,
+    rename every one into place, else (or if a rename fails) delete the temporaries and whatever was
+    already renamed. Folders this created for them are removed again on failure."""
+    created: list[Path] = []
+    for p in paths.values():
+        missing = [q for q in [Path(p).parent, *Path(p).parent.parents] if not q.exists()]
+        for q in reversed(missing):
+            q.mkdir()
+            created.append(q)
+    tmps: dict[str, Path] = {}
+    done: list[Path] = []
+    try:
+        for key, p in paths.items():
+            p = Path(p)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + p.suffix, dir=p.parent)
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            tmps[key] = Path(tmp)
+        yield tmps
+        for key, p in paths.items():
+            os.replace(tmps[key], p)
+            done.append(Path(p))
+    except BaseException:
+        for p in [*done, *tmps.values()]:
+            with contextlib.suppress(OSError):
+                Path(p).unlink()
+        for q in reversed(created):
+            with contextlib.suppress(OSError):
+                q.rmdir()  # only when still empty
+        raise
+
+
+@contextlib.contextmanager
+def removed_if_failed(path: str | Path) -> Iterator[Path]:
+    """A stage's output folder: when the block fails and the folder did not exist before, remove it
+    if it is still empty (a failed run never leaves an empty --out behind)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:

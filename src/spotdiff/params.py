@@ -56,10 +56,17 @@ ATTENTION_SCALES: tuple[str, ...] = typing.get_args(AttentionScale)
 ATTENTION_INITS: tuple[str, ...] = typing.get_args(AttentionInit)
 ATTENTION_LAYERS_MIN, ATTENTION_LAYERS_MAX = 1, 3
 IMAGE_SIZE_MIN, IMAGE_SIZE_MULTIPLE = 64, 32
-IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE}, >= {IMAGE_SIZE_MIN}"
+# Upper bounds come from what the code allocates: a model input of IMAGE_SIZE_MAX² at batch 1 is
+# ~4 GB of activations in the reference network; a generated or working image side of SIDE_MAX is
+# 48 MB per uint8 RGB copy (and ~10 float maps of it in the SSIM method).
+IMAGE_SIZE_MAX = 1024
+SIDE_MAX = 4096
+SEED_MAX = 2**32 - 1  # numpy's and torch's seed range
+COUNT_MAX = 10_000_000  # steps, images, pairs: far above any run, far below an overflow
+IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE} in [{IMAGE_SIZE_MIN}, {IMAGE_SIZE_MAX}]"
 MAX_BOXES_MIN, MAX_BOXES_MAX = 1, 1000
 DECODER_BLOCKS = 5
-DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX = 1, 4096
+DECODER_CHANNELS_MIN, DECODER_CHANNELS_MAX = 1, 1024  # 4096 wide: ~3 GB of decoder weights
 DECODER_CHANNELS_RULE = (f"{DECODER_BLOCKS} integers in [{DECODER_CHANNELS_MIN}, {DECODER_CHANNELS_MAX}], "
                          "deepest block first")
 # The reference's decoder widths (and those of the authors' published weights), deepest block first.
@@ -72,7 +79,8 @@ def _is_int(value: Any) -> bool:
 
 def image_size_ok(value: Any) -> bool:
     """An integer multiple of IMAGE_SIZE_MULTIPLE, at least IMAGE_SIZE_MIN."""
-    return _is_int(value) and value >= IMAGE_SIZE_MIN and value % IMAGE_SIZE_MULTIPLE == 0
+    return (_is_int(value) and IMAGE_SIZE_MIN <= value <= IMAGE_SIZE_MAX
+            and value % IMAGE_SIZE_MULTIPLE == 0)
 
 
 def decoder_channels_ok(value: Any) -> bool:
@@ -163,6 +171,8 @@ def _one_line(cls: type[_Section], exc: ValidationError) -> SpotdiffError:
         rule = _type_rule(info.annotation)
     elif info is not None and kind in _BOUND_ERRORS:
         rule = _bounds_rule(info)
+    elif kind == "finite_number":
+        rule = "a finite number"
     elif kind == "string_too_short" and ctx.get("min_length") == 1:
         rule = "a non-empty name"
     key = _where(cls.yaml_key) + ".".join(loc)
@@ -179,7 +189,7 @@ class _Section(BaseModel):
     section's own place in params.yaml (`yaml_key`)."""
 
     # protected_namespaces=(): `register.model_name` is a key, not pydantic's `model_*` API.
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     yaml_key: ClassVar[str] = ""  # the section's dotted place in params.yaml ("" = the top level)
 
     def __init__(self, /, **data: Any) -> None:
@@ -240,11 +250,11 @@ class CocoSourceParams(_Section):
     images_md5: StrictStr = "cced6f7f71b7629ddf16f17bbcfab6b2"
     annotations_md5: StrictStr = "f4bbac642086de4f52a3fdda2de5fa2c"
     download_dir: StrictStr = "data/downloads"
-    max_images: StrictInt = Field(60000, gt=0)
-    min_object_area: StrictFloat = Field(0.0, ge=0)
+    max_images: StrictInt = Field(60000, gt=0, le=COUNT_MAX)
+    min_object_area: StrictFloat = Field(0.0, ge=0, le=1e8)
     max_object_area_fraction: StrictFloat = Field(1.0, gt=0, le=1)
-    min_objects_per_image: StrictInt = Field(1, ge=1)
-    max_objects_per_image: StrictInt = 20
+    min_objects_per_image: StrictInt = Field(1, ge=1, le=1000)
+    max_objects_per_image: StrictInt = Field(20, le=1000)
 
     @model_validator(mode="after")
     def _objects_range(self) -> CocoSourceParams:
@@ -259,12 +269,12 @@ class DataParams(_Section):
     yaml_key: ClassVar[str] = "data"
 
     source: Literal["embedded", "coco2017"] = "embedded"
-    seed: StrictInt = 0
-    num_images: StrictInt = Field(300, gt=0)
-    image_width: StrictInt = Field(320, ge=64)
-    image_height: StrictInt = Field(256, ge=64)
-    min_objects: StrictInt = Field(2, ge=1)
-    max_objects: StrictInt = 5
+    seed: StrictInt = Field(0, ge=0, le=SEED_MAX)
+    num_images: StrictInt = Field(300, gt=0, le=COUNT_MAX)
+    image_width: StrictInt = Field(320, ge=64, le=SIDE_MAX)
+    image_height: StrictInt = Field(256, ge=64, le=SIDE_MAX)
+    min_objects: StrictInt = Field(2, ge=1, le=100)
+    max_objects: StrictInt = Field(5, le=100)
     coco: CocoSourceParams = Field(default_factory=CocoSourceParams)
 
     @model_validator(mode="after")
@@ -280,13 +290,13 @@ class InpaintParams(_Section):
     yaml_key: ClassVar[str] = "inpaint"
 
     backend: Literal["opencv", "lama"] = "opencv"
-    seed: StrictInt = 0
+    seed: StrictInt = Field(0, ge=0, le=SEED_MAX)
     max_versions: StrictInt = Field(3, ge=1, le=8)
-    dilate_px: StrictInt = Field(5, ge=0)
+    dilate_px: StrictInt = Field(5, ge=0, le=256)
     opencv_method: Literal["telea", "ns"] = "telea"
-    opencv_radius: StrictInt = Field(5, ge=1)
+    opencv_radius: StrictInt = Field(5, ge=1, le=64)
     lama_checkpoint: StrictStr = "models/big-lama.pt"
-    batch_size: StrictInt = Field(4, ge=1)
+    batch_size: StrictInt = Field(4, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -299,13 +309,13 @@ class AugmentParams(_Section):
     jitter: StrictFloat = Field(0.1, ge=0, le=0.5)
     rotation_deg: StrictFloat = Field(30.0, ge=0, le=180)
     translate: StrictFloat = Field(0.2, ge=0, lt=1)
-    scale_min: StrictFloat = Field(0.8, gt=0)
-    scale_max: StrictFloat = 1.5
-    max_resample: StrictInt = Field(20, ge=1)
+    scale_min: StrictFloat = Field(0.8, gt=0, le=10)
+    scale_max: StrictFloat = Field(1.5, le=10)
+    max_resample: StrictInt = Field(20, ge=1, le=1000)
     # Augment at this multiple of the model's input side (the source's long side brought down to
     # work_scale × S first, never up); 0 = at the source's own resolution. The boxes are still the
     # tight boxes of the warped masks, at a resolution finer than the model's input.
-    work_scale: StrictFloat = 2.0
+    work_scale: StrictFloat = Field(2.0, le=8)
 
     @field_validator("work_scale")
     @classmethod
@@ -326,11 +336,11 @@ class PairsParams(_Section):
 
     yaml_key: ClassVar[str] = "pairs"
 
-    seed: StrictInt = 0
+    seed: StrictInt = Field(0, ge=0, le=SEED_MAX)
     p_inpainted: StrictFloat = Field(0.5, ge=0, le=1)
     val_fraction: StrictFloat = Field(0.1, gt=0, lt=1)
-    pairs_per_image: StrictInt = Field(4, ge=1)
-    preview_count: StrictInt = Field(8, ge=0)
+    pairs_per_image: StrictInt = Field(4, ge=1, le=1000)
+    preview_count: StrictInt = Field(8, ge=0, le=256)
     augment: AugmentParams = Field(default_factory=AugmentParams)
 
 
@@ -377,46 +387,46 @@ class TrainParams(_Section):
 
     yaml_key: ClassVar[str] = "train"
 
-    seed: StrictInt = 0
-    lr: StrictFloat = Field(1e-3, gt=0)
-    weight_decay: StrictFloat = Field(5e-4, ge=0)
-    batch_size: StrictInt = Field(8, ge=1)
-    max_epochs: StrictInt = Field(4, ge=1)
-    num_workers: StrictInt = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0, le=SEED_MAX)
+    lr: StrictFloat = Field(1e-3, gt=0, le=10)
+    weight_decay: StrictFloat = Field(5e-4, ge=0, le=1)
+    batch_size: StrictInt = Field(8, ge=1, le=4096)
+    max_epochs: StrictInt = Field(4, ge=1, le=COUNT_MAX)
+    num_workers: StrictInt = Field(0, ge=0, le=256)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu"
     devices: Any = 1  # "auto" or an integer >= 1
-    num_nodes: StrictInt = Field(1, ge=1)
+    num_nodes: StrictInt = Field(1, ge=1, le=1024)
     strategy: StrictStr = "auto"
     # bf16-mixed runs on any CPU (Lightning's CPU autocast; native bf16 instructions only make it
     # faster); 16-mixed needs a GPU (the train stage refuses it on a CPU).
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "bf16-mixed"
-    log_every_n_steps: StrictInt = 10
-    preview_pairs: StrictInt = 4
+    log_every_n_steps: StrictInt = Field(10, ge=1, le=COUNT_MAX)
+    preview_pairs: StrictInt = Field(4, ge=0, le=256)
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
-    max_steps: StrictInt = 1200
+    max_steps: StrictInt = Field(1200, le=COUNT_MAX)
     # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
     # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: StrictInt = Field(30, ge=0)
+    warmup_steps: StrictInt = Field(30, ge=0, le=COUNT_MAX)
     warmup_start_factor: StrictFloat = Field(0.01, gt=0, le=1)
     min_lr_factor: StrictFloat = Field(0.01, ge=0, le=1)
     # Validate (val/loss, val/ap50) every this many steps; 0 = once per epoch.
-    val_every_n_steps: StrictInt = Field(200, ge=0)
+    val_every_n_steps: StrictInt = Field(200, ge=0, le=COUNT_MAX)
     # Which validation result picks the kept model (the paper: lowest val/loss).
     monitor: Literal["val/loss", "val/ap50"] = "val/ap50"
     # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use.
-    num_threads: StrictInt = Field(0, ge=0)
+    num_threads: StrictInt = Field(0, ge=0, le=1024)
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
     # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
-    affine_start_step: StrictInt = Field(400, ge=0)
-    affine_ramp_steps: StrictInt = Field(400, ge=0)
+    affine_start_step: StrictInt = Field(400, ge=0, le=COUNT_MAX)
+    affine_ramp_steps: StrictInt = Field(400, ge=0, le=COUNT_MAX)
 
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        if not (value == "auto" or (_is_int(value) and value >= 1)):
-            raise _rule_error("'auto' or an integer >= 1", value)
+        if not (value == "auto" or (_is_int(value) and 1 <= value <= 1024)):
+            raise _rule_error("'auto' or an integer in [1, 1024]", value)
         return value
 
     @field_validator("max_steps")
@@ -441,13 +451,13 @@ class SsimParams(_Section):
 
     yaml_key: ClassVar[str] = "ssim"
 
-    sigma: StrictFloat = Field(1.5, gt=0)
+    sigma: StrictFloat = Field(1.5, gt=0, le=50)  # window ~7 sigma: 350 px at 50
     threshold: Any = "otsu"  # "otsu" or a number in (0, 2] on the difference map (kept as given)
     # Regions: "objects" groups the thresholded difference into one box per changed object
     # (hysteresis, proximity gap, overlapping boxes merged); "components" is the plain rule
     # (opening + closing with morph_kernel, one box per connected component).
     grouping: Literal["objects", "components"] = "objects"
-    morph_kernel: StrictInt = Field(5, ge=0)  # "components" only
+    morph_kernel: StrictInt = Field(5, ge=0, le=255)  # "components" only
     # "objects": pixels above hysteresis × threshold join a region that has a pixel above threshold.
     # 1.0 (off) by default: below 1 boxes grow into the SSIM window's halo (stand-in COCO AP 0.37 → 0.21 at 0.5).
     hysteresis: StrictFloat = Field(1.0, gt=0, le=1)
@@ -458,11 +468,11 @@ class SsimParams(_Section):
     seed_delta: StrictFloat = Field(0.15, ge=0, le=1)
     # Regions smaller than this fraction of the frame are dropped (a few pixels of a glyph still count).
     min_area_fraction: StrictFloat = Field(0.00002, ge=0, lt=1)
-    max_side: StrictInt = Field(1024, ge=64)
+    max_side: StrictInt = Field(1024, ge=64, le=SIDE_MAX)
     # A working frame whose longer side is above this gets its difference map (SSIM, colour term,
     # regions) on every 2nd pixel, from statistics over every pixel (~3× faster at 1024²; boxes on a
     # 2-px grid). 0 = always every pixel. The torch backend always computes every pixel.
-    map_side: StrictInt = Field(512, ge=0)
+    map_side: StrictInt = Field(512, ge=0, le=SIDE_MAX)
     # auto: homography from feature matches when they support one, else identity (the choice is in
     # the report); homography: features, then ECC, then identity, each fallback a warning; none.
     align: Literal["none", "homography", "auto"] = "auto"
@@ -472,7 +482,7 @@ class SsimParams(_Section):
     normalize: StrictBool = True
     # Local mean colour difference (RMS over R, G, B in [0, 1]) that counts as a full difference; it
     # finds flat and iso-luminant changes SSIM on grey misses. 0 = grey SSIM only.
-    colour_scale: StrictFloat = Field(0.25, ge=0)
+    colour_scale: StrictFloat = Field(0.25, ge=0, le=10)
 
     @field_validator("threshold")
     @classmethod
@@ -489,9 +499,9 @@ class TestsetsParams(_Section):
     yaml_key: ClassVar[str] = "testsets"
 
     source: Literal["standin", "official"] = "standin"
-    seed: StrictInt = 123
-    pairs_per_set: StrictInt = Field(16, ge=1)
-    image_size: StrictInt = Field(256, ge=64)
+    seed: StrictInt = Field(123, ge=0, le=SEED_MAX)
+    pairs_per_set: StrictInt = Field(16, ge=1, le=100000)
+    image_size: StrictInt = Field(256, ge=64, le=SIDE_MAX)
     official_root: StrictStr = "data/official"
     # source: official — the folder URL holding SHA512SUMS and the archives (the authors' cyws data page),
     # and which archives to fetch (empty = every file listed in SHA512SUMS). Archives are cached in
@@ -522,13 +532,13 @@ class EvaluateParams(_Section):
 
     methods: tuple[str, ...] = ("cyws", "ssim")
     iou_threshold: StrictFloat = Field(0.5, gt=0, lt=1)
-    max_boxes: StrictInt = Field(100, ge=1)
-    batch_size: StrictInt = Field(1, ge=1)
-    samples_to_draw: StrictInt = Field(4, ge=0)
+    max_boxes: StrictInt = Field(100, ge=1, le=MAX_BOXES_MAX)
+    batch_size: StrictInt = Field(1, ge=1, le=4096)
+    samples_to_draw: StrictInt = Field(4, ge=0, le=1000)
     # Boxes drawn per image in eval/samples (after NMS for cyws; the paper's Fig. 4 shows 5).
-    draw_top_k: StrictInt = Field(5, ge=1)
+    draw_top_k: StrictInt = Field(5, ge=1, le=MAX_BOXES_MAX)
     # Worker processes reading test pairs (0 = in the main process).
-    num_workers: StrictInt = Field(0, ge=0)
+    num_workers: StrictInt = Field(0, ge=0, le=256)
     # How CYWS's forward pass runs (spotdiff.methods.engines.ENGINES): auto = ONNX Runtime on a CPU
     # (same boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime |
     # channels_last | compile | bf16.
@@ -552,7 +562,7 @@ class RegisterParams(_Section):
 
     model_name: StrictStr = Field("spotdiff", min_length=1)
     primary_metric: StrictStr = "cyws/coco_inpainted/all/ap50"
-    promote_margin: StrictFloat = Field(0.0, ge=0)
+    promote_margin: StrictFloat = Field(0.0, ge=0, le=1)
     ap_floor: StrictFloat = Field(0.05, ge=0, le=1)
 
 
@@ -595,12 +605,33 @@ def params_from_dict(raw: dict) -> Params:
     return Params.model_validate(raw)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     path = Path(path)
     if not path.is_file():
         raise SpotdiffError(f"{path}: params file not found; run from the repository root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise SpotdiffError(f"{path}: not a text file (not UTF-8); pass a params.yaml") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise SpotdiffError(f"{path}: not valid YAML ({first}); fix the file") from None

@@ -59,9 +59,12 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence
         col = color or color_for(label)
         if not np.all(np.isfinite(box)):
             continue
-        x1, y1, x2, y2 = (float(v) for v in box)
-        x1, y1 = min(max(0.0, x1), W - 1.0), min(max(0.0, y1), H - 1.0)
-        x2, y2 = max(min(float(W), x2), x1 + 1.0), max(min(float(H), y2), y1 + 1.0)  # ≥ 1 px
+        # Whole pixels, clipped to the image, at least 1 px wide and high: a zero-width, reversed or
+        # out-of-image box is still drawn (as a 1-px mark at its place), never raises.
+        x1, y1, x2, y2 = np.clip(box, -1e9, 1e9)
+        x1, y1, x2, y2 = int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)), int(np.ceil(y2))
+        x1, y1 = min(max(0, x1), W - 1), min(max(0, y1), H - 1)
+        x2, y2 = max(min(W, x2), x1 + 1), max(min(H, y2), y1 + 1)
         # dark outline under the coloured box keeps it visible on bright and dark backgrounds
         draw.rectangle([x1 - 1, y1 - 1, x2, y2], outline=(0, 0, 0), width=width + 2)
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=col, width=width)
@@ -78,24 +81,36 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence
     return np.asarray(img)
 
 
-def _fit_height(img: np.ndarray, height: int) -> np.ndarray:
+def _fit(img: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
     h, w = img.shape[:2]
-    if h == height:
+    if (h, w) == (height, width):
         return img
-    new_w = max(1, round(w * height / h))
-    return cv2.resize(img, (new_w, height), interpolation=cv2.INTER_AREA if height < h else cv2.INTER_LINEAR)
+    shrink = height < h and width < w
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def side_by_side(images: Sequence[np.ndarray], header: str = "", captions: Sequence[str] | None = None,
-                 max_height: int = 1024, gap: int = 8) -> np.ndarray:
-    """Place images next to each other at one height (≤ max_height), captions under a header line."""
+                 max_height: int = 1024, gap: int = 8, max_width: int = 4096) -> np.ndarray:
+    """Place images next to each other at one height (≤ max_height), captions under a header line.
+
+    The panel is never wider than `max_width` (nor taller than `max_height` plus its header), whatever
+    the images' shapes: small images are brought up to 64 px high when the width allows, and a tile
+    whose aspect ratio cannot fit at 1 px high is squeezed to its share of the width."""
     from PIL import Image, ImageDraw
 
-    height = min(max_height, max(im.shape[0] for im in images))
-    height = max(height, 64)
-    tiles = [_fit_height(np.ascontiguousarray(im, dtype=np.uint8), height) for im in images]
+    n = len(images)
+    avail = max(n, max_width - gap * (n + 1))
+    ratios = [im.shape[1] / max(1, im.shape[0]) for im in images]
+    height = max(min(max_height, max(im.shape[0] for im in images)), 64)
+    height = max(1, min(height, int(avail / sum(ratios))))
+    share = avail // n
+    sizes = [min(max(1, round(r * height)), share) if r * height > avail else max(1, round(r * height))
+             for r in ratios]
+    if sum(sizes) > avail:  # rounding, or several wide tiles: each gets its share
+        sizes = [min(w, share) for w in sizes]
+    tiles = [_fit(np.ascontiguousarray(im, dtype=np.uint8), height, w) for im, w in zip(images, sizes)]
     total_w = sum(t.shape[1] for t in tiles) + gap * (len(tiles) + 1)
     s = max(0.6, height / 500.0)
     font = _font(max(12, round(16 * s)))

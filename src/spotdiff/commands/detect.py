@@ -32,6 +32,14 @@ def _writable_location(path: Path, what: str) -> None:
         raise SpotdiffError(f"{parent}: not writable; choose another {what} location")
 
 
+def _resolved(path: Path) -> Path:
+    """`path.resolve()`, or its absolute path when links loop (the loader names that problem)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path]) -> dict[str, Path]:
     """Where `spotdiff detect` writes: <stem>.boxes.png for A and B, a panel and the JSON report."""
     from spotdiff.errors import SpotdiffError
@@ -49,9 +57,9 @@ def output_paths(path_a: Path, path_b: Path, out: Path, json_path: Optional[Path
     }
     if out.exists() and not out.is_dir():
         raise SpotdiffError(f"{out}: --out must be a directory, but this is a file; choose another --out")
-    inputs = {path_a.resolve(), path_b.resolve()}
+    inputs = {_resolved(path_a), _resolved(path_b)}
     for key, p in paths.items():
-        if p.resolve() in inputs:
+        if _resolved(p) in inputs:
             raise SpotdiffError(f"{p}: output would overwrite an input image; choose another --out/--json")
         _writable_location(p, "--json" if key == "json" else "--out")
     return paths
@@ -91,13 +99,14 @@ def detect(
              "compile or bf16 (see BENCHMARKS.md)."),
 ) -> int:
     """Find what changed between two images and box it in both."""
+    import json
     import time
     import warnings
 
     from spotdiff.detect import prepare, run
     from spotdiff.errors import SpotdiffError
-    from spotdiff.fsutil import write_json_atomic
-    from spotdiff.imageio import write_png
+    from spotdiff.fsutil import atomic_paths
+    from spotdiff.imageio import write_png_to
     from spotdiff.render import draw_boxes, heatmap_overlay, side_by_side
 
     t0 = time.perf_counter()
@@ -130,14 +139,25 @@ def detect(
               + (f" | align {dets.extras['align']}" if "align" in dets.extras else ""))
     panel = side_by_side(tiles, header=header, captions=captions)
     report["outputs"] = {k: str(v) for k, v in paths.items()}
-    report["timings"]["write_s"] = 0.0
     tw = time.perf_counter()
-    write_png(paths["boxes_a"], ann_a)
-    write_png(paths["boxes_b"], ann_b)
-    write_png(paths["panel"], panel)
-    report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
-    report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-    write_json_atomic(paths["json"], report)
+    # All or nothing: every output goes to a temporary sibling; the four are renamed into place only
+    # when all were written (a full disk, a file-size limit or Ctrl-C leaves none of them).
+    try:
+        with atomic_paths(paths) as tmp:
+            write_png_to(tmp["boxes_a"], ann_a)
+            write_png_to(tmp["boxes_b"], ann_b)
+            write_png_to(tmp["panel"], panel)
+            report["timings"]["write_s"] = round(time.perf_counter() - tw, 4)
+            report["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+            tmp["json"].write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:  # disk full, file-size limit, read-only or special file system
+        where = exc.filename or out
+        for final in paths.values():  # name the output, not its temporary sibling
+            if exc.filename and Path(exc.filename).parent == final.parent:
+                where = final if Path(exc.filename).name.startswith(f".{final.name}.") else final.parent
+                break
+        raise SpotdiffError(f"{where}: cannot write the outputs ({exc.strerror or exc}); nothing was "
+                            "written; free space or choose another --out / --json") from None
 
     for note in dets.extras.get("notes", []):
         typer.echo(f"note: {note}", err=True)

@@ -16,8 +16,11 @@ def train(
     """Train CYWS on the pairs manifest; keep the model with the best `train.monitor`."""
     from spotdiff.params import load_params
     from spotdiff.stages import train as stage
+    from spotdiff.training.hardware import check_hardware
 
-    summary = stage.run(load_params(params), pairs, out, tracking=not no_tracking)
+    loaded = load_params(params)
+    check_hardware(loaded.train, source=str(params))  # (the stage checks again, naming params.yaml)
+    summary = stage.run(loaded, pairs, out, tracking=not no_tracking)
     if summary:
         typer.echo(f"train: best val/loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} "
                    f"({summary['train_pairs']} train / {summary['val_pairs']} val pairs, "

@@ -20,8 +20,22 @@ from spotdiff.params import CocoSourceParams
 
 HINT = "check data.coco.base_url"
 
-def select(instances: dict, params: CocoSourceParams) -> dict:
-    """Keep non-crowd objects within the area bounds; keep images with an allowed object count."""
+def select(instances: dict, params: CocoSourceParams, source: str | Path = "instances") -> dict:
+    """Keep non-crowd objects within the area bounds; keep images with an allowed object count.
+
+    An annotation or image lacking a key COCO instances files always have (`area`, `image_id`,
+    `width`, ...) or holding a value of the wrong type raises SpotdiffError naming `source`."""
+    try:
+        return _select(instances, params)
+    except KeyError as exc:
+        raise SpotdiffError(f"{source}: an entry lacks the COCO key {exc.args[0]!r}; not a complete COCO "
+                            "instances file (delete it and rerun to download it again)") from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise SpotdiffError(f"{source}: malformed COCO instances ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and rerun") from None
+
+
+def _select(instances: dict, params: CocoSourceParams) -> dict:
     by_image: dict[int, list[dict]] = {}
     images = {img["id"]: img for img in instances["images"]}
     for ann in instances["annotations"]:
@@ -67,11 +81,15 @@ def build_coco2017(params: CocoSourceParams, out_dir: Path) -> dict:
         _ = instances["images"], instances["annotations"], instances["categories"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise SpotdiffError(f"{ann_path}: not a COCO instances file; delete {ann_zip} and rerun") from None
-    selected = select(instances, params)
+    selected = select(instances, params, ann_path)
     if not selected["images"]:
         raise SpotdiffError("data.coco: no image passes the selection; loosen the object-area or count bounds")
-    with zipfile.ZipFile(img_zip) as zf:
-        names = set(zf.namelist())
+    try:
+        with zipfile.ZipFile(img_zip) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise SpotdiffError(f"{img_zip}: not a readable zip archive; delete it and rerun to download it "
+                            "again") from None
     prefix = Path(params.images_zip).stem  # train2017
     members = []
     for img in selected["images"]:

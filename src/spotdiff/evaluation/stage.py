@@ -43,7 +43,7 @@ from spotdiff.evaluation.report import TIMINGS_FILE, _fmt, time_metrics, timings
 from spotdiff.evaluation.runner import build_detectors, discover, run_set
 from spotdiff.evaluation.samples import write_samples
 from spotdiff.evaluation.scoring import compute_metrics
-from spotdiff.fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from spotdiff.fsutil import atomic_dir, removed_if_failed, write_json_atomic, write_text_atomic
 from spotdiff.metricsfile import flatten_metrics  # the register stage reads metrics.json the same way
 from spotdiff.params import Params
 
@@ -89,15 +89,16 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
     report = write_report(results, metrics, detectors, params)
     standin = {r.testset: r.is_standin for r in results}
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out / "plots") as tmp:
-        write_curve_csvs(tmp, curves)
-    with atomic_dir(out / "samples") as tmp:
-        write_samples(tmp, results, methods, cfg.samples_to_draw, titles)
-    plot_curves(out / "pr_curves.png", curves, metrics, standin, titles)
-    write_text_atomic(out / "report.md", report)
-    write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / TIMINGS_FILE, timings(results, methods, total, device))
+    with removed_if_failed(out):  # a write failure leaves no empty --out behind
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(out / "plots") as tmp:
+            write_curve_csvs(tmp, curves)
+        with atomic_dir(out / "samples") as tmp:
+            write_samples(tmp, results, methods, cfg.samples_to_draw, titles)
+        plot_curves(out / "pr_curves.png", curves, metrics, standin, titles)
+        write_text_atomic(out / "report.md", report)
+        write_json_atomic(out / "metrics.json", metrics)
+        write_json_atomic(out / TIMINGS_FILE, timings(results, methods, total, device))
 
     for r in results:
         secs = ", ".join(f"{m} {r.seconds[m]:.1f} s" for m in methods)

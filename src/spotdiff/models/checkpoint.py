@@ -27,12 +27,35 @@ def _hint() -> str:
             f"{PUBLISHED_FILE_NAME}")
 
 
+# What a checkpoint may unpack to: the reference R50 model at full decoder width is ~0.2 GB; the cap
+# keeps a deflate-compressed "zip bomb" (a few KB declaring GBs of tensors) from being inflated.
+MAX_CHECKPOINT_BYTES = 2 << 30
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, before torch reads it, a file that is not torch's zip format (the legacy format
+    allocates each storage at the size the file declares) or whose members unpack to more than
+    MAX_CHECKPOINT_BYTES."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise SpotdiffError(f"{path}: not a readable model checkpoint (not torch's zip format, or damaged); "
+                            f"{_hint()}") from None
+    if total > MAX_CHECKPOINT_BYTES:
+        raise SpotdiffError(f"{path}: the checkpoint unpacks to {total / 2**30:.1f} GiB, more than the "
+                            f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB a CYWS model needs; {_hint()}")
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """`torch.load` a checkpoint file safely: weights_only, every tensor onto the CPU (the published
     file's are tagged cuda:0); SpotdiffError naming the file when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise SpotdiffError(f"{path}: model checkpoint not found; {_hint()}")
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -8,6 +8,7 @@ Writes: `<out>/manifest.json` (pairs drawn per source item, split by source imag
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import cv2
@@ -16,8 +17,9 @@ import torch
 
 from spotdiff.data.pairs import MANIFEST, PREVIEW, build_manifest
 from spotdiff.data.pairs_dataset import PairDataset
-from spotdiff.fsutil import write_json_atomic
-from spotdiff.imageio import write_png
+from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import atomic_paths
+from spotdiff.imageio import write_png, write_png_to
 from spotdiff.params import AugmentParams, Params
 
 
@@ -32,7 +34,7 @@ def _outline(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]) 
 
 
 def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, image_size: int,
-                   augment: AugmentParams, seed: int = 0) -> int:
+                   augment: AugmentParams, seed: int = 0, write=write_png) -> int:
     """A grid of `count` augmented train pairs (a | b per row) with their boxes; returns rows drawn."""
     dataset = PairDataset(manifest_path, "train", image_size, augment, seed=seed, deterministic=True)
     rows = []
@@ -50,23 +52,29 @@ def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, 
     else:
         gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
         grid = np.concatenate(list(itertools.chain.from_iterable((r, gap) for r in rows))[:-1], axis=0)
-    write_png(out_path, grid)
+    write(out_path, grid)
     return len(rows)
 
 
 def run(params: Params, inpainted: str | Path, out: str | Path) -> dict:
-    """Write `manifest.json` and `preview.png` into `out` (each atomically); returns the pair counts."""
+    """Write `manifest.json` and `preview.png` into `out`, both or neither (a write failure or a kill
+    leaves no manifest without its preview, nor an empty `out`); returns the pair counts."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     # Per-pair augmentation works on small tensors: intra-op threads only contend (10x slower on a
     # busy 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         manifest = build_manifest(params.pairs, inpainted, out)
-        write_json_atomic(out / MANIFEST, manifest, indent=None)
-        render_preview(out / MANIFEST, out / PREVIEW, params.pairs.preview_count, params.model.image_size,
-                       params.pairs.augment, seed=params.pairs.seed)
+        try:
+            with atomic_paths({"manifest": out / MANIFEST, "preview": out / PREVIEW}) as tmp:
+                tmp["manifest"].write_text(json.dumps(manifest) + "\n")
+                render_preview(tmp["manifest"], tmp["preview"], params.pairs.preview_count,
+                               params.model.image_size, params.pairs.augment, seed=params.pairs.seed,
+                               write=write_png_to)
+        except OSError as exc:  # disk full, file-size limit, read-only file system: nothing was kept
+            raise SpotdiffError(f"{out}: cannot write {MANIFEST} and {PREVIEW} ({exc.strerror or exc}); "
+                                "nothing was written; free space or choose another --out") from None
     finally:
         torch.set_num_threads(threads)
     return manifest["counts"]

@@ -30,6 +30,7 @@ from spotdiff.fsutil import file_digest, write_json_atomic
 from spotdiff.params import Params, to_flat_dict
 from spotdiff.training.callbacks import KeepBestModel
 from spotdiff.training.datamodule import PairDataModule
+from spotdiff.training.hardware import check_hardware
 from spotdiff.training.lit import CywsLitModule
 from spotdiff.training.preview import draw_val_predictions
 from spotdiff.training.threads import apply_threads
@@ -41,6 +42,7 @@ RUN_INFO = "train_run.json"
 
 def _trainer_kwargs(params: Params) -> dict[str, Any]:
     t = params.train
+    check_hardware(t)
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
     kwargs = dict(accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                   precision=t.precision, max_epochs=t.max_epochs, log_every_n_steps=t.log_every_n_steps,
@@ -62,6 +64,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     """
     out_dir = Path(out_dir)
     manifest = Path(manifest)
+    trainer_kwargs = _trainer_kwargs(params)  # this machine can run it: checked before any work
     if not manifest.is_file():
         raise SpotdiffError(f"{manifest}: pairs manifest not found; run `dvc repro pairs` first")
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
@@ -88,7 +91,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     callbacks: list[pl.Callback] = [best]
     if tracking:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(**_trainer_kwargs(params), logger=logger, callbacks=callbacks,
+    trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks,
                          enable_checkpointing=False, default_root_dir=str(out_dir / "lightning"))
     started, cpu_started = time.time(), time.process_time()
     trainer.fit(module, datamodule=datamodule)
