@@ -258,23 +258,21 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old_cap = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses at 2× this; we refuse at 1× below
-            try:
-                with Image.open(path) as img:
-                    w, h = img.size
-                    declared = (w, h)
-                    if w <= 0 or h <= 0:
-                        raise _fail(path, f"the image has no pixels ({w}×{h})", _FIX_FORMAT)
-                    if w * h > max_pixels:
-                        raise _fail(path, f"too large: {w}×{h} = {w * h:,} pixels exceeds the cap of "
-                                          f"{max_pixels:,}", too_large_fix)
-                    img.seek(0)  # animated GIF/WebP/multi-page TIFF: first frame
-                    img.load()
-                    img = ImageOps.exif_transpose(img) or img
-                    arr = _pil_to_rgb(img)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_cap
+            # Pillow's own global cap is left alone (changing it per call is not thread-safe, and
+            # `spotdiff serve` loads in threads): the size is checked here, after the header is read
+            # and before any pixel is decoded.
+            with Image.open(path) as img:
+                w, h = img.size
+                declared = (w, h)
+                if w <= 0 or h <= 0:
+                    raise _fail(path, f"the image has no pixels ({w}×{h})", _FIX_FORMAT)
+                if w * h > max_pixels:
+                    raise _fail(path, f"too large: {w}×{h} = {w * h:,} pixels exceeds the cap of "
+                                      f"{max_pixels:,}", too_large_fix)
+                img.seek(0)  # animated GIF/WebP/multi-page TIFF: first frame
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                arr = _pil_to_rgb(img)
     except SpotdiffError:
         raise
     except Image.DecompressionBombError:
