@@ -10,6 +10,7 @@ test with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -227,7 +228,7 @@ def background(cmd: list[str], env: dict, log: Path, health: str, timeout_s: flo
         stop_process(proc)
 
 
-def mlflow_server(pg_url: str, s3: Service, folder: Path) -> "contextmanager[Service]":
+def mlflow_server(pg_url: str, s3: Service, folder: Path) -> contextlib.AbstractContextManager[Service]:
     """`mlflow server`: backend store on PostgreSQL (db `mlflow`), artifacts proxied to
     s3://BUCKET/mlflow (clients need no S3 credentials), one worker."""
     port = free_port()
@@ -256,7 +257,7 @@ def prefect_env(folder: Path, api_url: Optional[str] = None, pg_url: Optional[st
     return env
 
 
-def prefect_server(pg_url: str, folder: Path) -> "contextmanager[Service]":
+def prefect_server(pg_url: str, folder: Path) -> contextlib.AbstractContextManager[Service]:
     """`prefect server start` with its database on PostgreSQL (db `prefect`)."""
     port = free_port()
     env = prefect_env(folder, pg_url=pg_url)
