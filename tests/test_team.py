@@ -109,58 +109,78 @@ def test_mlflow_server_keeps_runs_in_postgresql_and_artifacts_in_s3(mlflow_serve
 
 # ---------------------------------------------------------------- concurrent promotions
 
-# One client: register a version with its metric, wait for the common start time, then the champion
-# rule's read - decide - write (as register_version runs it), with a pause inside that makes every
-# client read the champion before any writes it unless the promotion lock serialises them.
+# One client process, serving requests from stdin (imported once, used by every race below): register
+# a version with its metric, wait until every client of the race has, then the champion rule's
+# read - decide - write (as register_version runs it) with a pause inside that makes every client read
+# the champion before any writes it unless the promotion lock serialises them.
 PROMOTER = textwrap.dedent("""\
-    import contextlib, json, pathlib, sys, time
+    import contextlib, json, os, pathlib, sys, time
     from mlflow.tracking import MlflowClient
     from spotdiff.registry.concurrency import promotion_lock
     from spotdiff.registry.rule import CHAMPION, METRIC_TAG_PREFIX, champion_info, decide, tag_value
 
-    uri, name, value, barrier, locked = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
-    barrier, (me, clients) = pathlib.Path(barrier), map(int, locked.split("/")[1:])
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    for attempt in range(20):  # two clients may create the registered model at once
-        try:
-            client.create_registered_model(name)
-        except Exception:
-            pass
-        try:
-            mv = client.create_model_version(name, f"s3://bucket/models/{value}")
-            break
-        except Exception:
-            time.sleep(0.2)
-    client.set_model_version_tag(name, mv.version, METRIC_TAG_PREFIX + "ap", tag_value(value))
-    (barrier / f"ready-{me}").touch()  # start together: when every client has registered its version
-    while len(list(barrier.glob("ready-*"))) < clients:
-        time.sleep(0.05)
-    with promotion_lock(uri, name) if locked.startswith("1") else contextlib.nullcontext():
-        before = champion_info(client, name, "ap")
-        time.sleep(1.5)
-        promote, reason = decide(value, before, 0.0, 0.0, "ap")
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION, mv.version)
-    print(json.dumps({"version": int(mv.version), "value": value, "promoted": promote,
-                      "before": before and before["version"]}))
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        os.environ.pop("SPOTDIFF_REGISTRY_LOCK_URI", None)
+        os.environ.update(job["env"])
+        uri, name, value, barrier = job["uri"], job["name"], job["value"], pathlib.Path(job["barrier"])
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        for attempt in range(50):  # several clients may create the registered model at once
+            try:
+                client.create_registered_model(name)
+            except Exception:
+                pass
+            try:
+                mv = client.create_model_version(name, f"s3://bucket/models/{value}")
+                break
+            except Exception:
+                time.sleep(0.1)
+        client.set_model_version_tag(name, mv.version, METRIC_TAG_PREFIX + "ap", tag_value(value))
+        (barrier / f"ready-{job['me']}").touch()  # start together
+        while len(list(barrier.glob("ready-*"))) < job["clients"]:
+            time.sleep(0.02)
+        with promotion_lock(uri, name) if job["locked"] else contextlib.nullcontext():
+            before = champion_info(client, name, "ap")
+            time.sleep(1.0)
+            promote, reason = decide(value, before, 0.0, 0.0, "ap")
+            if promote:
+                client.set_registered_model_alias(name, CHAMPION, mv.version)
+        print(json.dumps({"version": int(mv.version), "value": value, "promoted": promote,
+                          "before": before and before["version"]}), flush=True)
     """)
 
 
-def _promote_concurrently(uri: str, name: str, values: list[float], locked: bool, tmp_path: Path,
-                          **env: str) -> list[dict]:
-    script = tmp_path / "promoter.py"
+@pytest.fixture(scope="module")
+def promoters(tmp_path_factory):
+    """Three client processes (the import of mlflow is paid once per module, not once per race)."""
+    script = tmp_path_factory.mktemp("promoters") / "promoter.py"
     script.write_text(PROMOTER)
+    procs = [subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=subprocess_env(drop=("SPOTDIFF_REGISTRY_LOCK_URI",)))
+             for _ in range(3)]
+    for proc in procs:
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+    yield procs
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def _promote_concurrently(promoters, uri: str, name: str, values: list[float], locked: bool, tmp_path: Path,
+                          **env: str) -> list[dict]:
     barrier = tmp_path / f"barrier-{name}"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, str(script), uri, name, str(v), str(barrier),
-                               f"{int(locked)}/{i}/{len(values)}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=subprocess_env(**env)) for i, v in enumerate(values)]
+    for i, value in enumerate(values):
+        job = {"uri": uri, "name": name, "value": value, "barrier": str(barrier), "me": i,
+               "clients": len(values), "locked": locked, "env": env}
+        promoters[i].stdin.write(json.dumps(job) + "\n")
+        promoters[i].stdin.flush()
     results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    for proc in promoters[:len(values)]:
+        line = proc.stdout.readline()
+        assert line, f"a client process died (exit {proc.poll()})"
+        results.append(json.loads(line))
     return results
 
 
@@ -173,7 +193,7 @@ def _champion(uri: str, name: str) -> tuple[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["server+postgresql-lock", "postgresql", "sqlite"])
-def test_concurrent_promotions_keep_the_best_model_champion(store, mlflow_server, pg, tmp_path):
+def test_concurrent_promotions_keep_the_best_model_champion(store, promoters, mlflow_server, pg, tmp_path):
     values = [0.41, 0.62, 0.55]
     env = {}
     if store == "server+postgresql-lock":  # runners talk to the server; the lock is its backend store
@@ -187,7 +207,7 @@ def test_concurrent_promotions_keep_the_best_model_champion(store, mlflow_server
 
         MlflowClient(tracking_uri=uri).search_experiments()  # create the schema once, not racing
     name = f"race-{store}"
-    results = _promote_concurrently(uri, name, values, True, tmp_path, **env)
+    results = _promote_concurrently(promoters, uri, name, values, True, tmp_path, **env)
     best = max(results, key=lambda r: r["value"])
     assert _champion(uri, name) == (best["version"], best["value"])
     # Serialised: every client after the first compared against the champion the one before it left.
@@ -197,10 +217,12 @@ def test_concurrent_promotions_keep_the_best_model_champion(store, mlflow_server
 
 
 @pytest.mark.slow
-def test_without_the_lock_the_same_race_loses_the_best_champion(mlflow_server, tmp_path):
-    """The control: the same clients with no lock all read "no champion" and the last writer wins, so
-    the test above can fail (if this one stops losing the update, the pause no longer makes a race)."""
-    results = _promote_concurrently(mlflow_server.url, "race-unlocked", [0.62, 0.41], False, tmp_path)
+def test_without_the_lock_both_clients_promote_on_a_stale_read(promoters, mlflow_server, tmp_path):
+    """The control: the same clients with no lock both read "no champion" and both move it (the last
+    writer wins, whichever model it holds), so the test above can fail; if this one stops seeing the
+    stale read, the pause no longer makes a race."""
+    results = _promote_concurrently(promoters, mlflow_server.url, "race-unlocked", [0.62, 0.41], False,
+                                    tmp_path)
     assert all(r["before"] is None and r["promoted"] for r in results)  # both saw no champion
 
 
