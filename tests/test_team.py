@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -330,7 +331,9 @@ def test_a_prefect_worker_runs_the_pipeline_deployment_against_the_team_stack(
         team.stop_process(worker)
     worker_log = log.read_text()
     assert "Completed" in out, out + worker_log[-4000:]
-    assert "team-gpu" in worker_log and "Completed" in worker_log, worker_log[-4000:]
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    assert flow_run_id in worker_log, worker_log[-4000:]  # this worker, on this pool, ran it
+    assert "Finished in state Completed()" in worker_log
     print(f"flow run through the worker: {seconds:.1f} s")
 
     # The run's record, the registry and the artifacts are on the team's services, not in the repo.
