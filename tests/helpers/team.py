@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -198,8 +197,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) 
     raise AssertionError(f"{url}: not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = 8) -> None:
-    """SIGTERM the process group we started (the server and the workers it forked), then SIGKILL."""
+def stop_process(proc: subprocess.Popen, timeout_s: float = 3) -> None:
+    """SIGTERM the process group we started (the server and the workers it forked), then SIGKILL:
+    the servers hold only throw-away state, and uvicorn waits for idle keep-alive connections."""
     if proc.poll() is not None:
         return
     try:
@@ -266,7 +266,3 @@ def prefect_server(pg_url: str, folder: Path) -> contextlib.AbstractContextManag
     cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}/api"
     return background(cmd, env, folder / "prefect-server.log", f"{url}/health", 180, "prefect", url, folder)
-
-
-def python() -> str:
-    return sys.executable
