@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser run test test-fast bench retrain-if-stale
+.PHONY: install browser run test test-fast bench retrain-if-stale team-services
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ run: install
 	@$(BIN)/spotdiff results
 
 ## Command two: the whole test suite (about 3 minutes on 2 cores; GPU tests skip without a GPU).
-test: install browser
+test: install browser team-services
 	$(BIN)/pytest -q
 
 ## The quick subset: without the tests marked slow (2-process DDP, the served model over HTTP).
@@ -54,3 +54,14 @@ bench: install
 retrain-if-stale: install
 	@if $(BIN)/spotdiff lock-status; then :; else \
 	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro && $(BIN)/spotdiff check-floor; fi
+
+## The team stack's services for the tests (tests/test_team.py): Debian's PostgreSQL, installed when
+## missing and this is root with apt-get; otherwise those tests skip and say why. Never fails the build.
+team-services:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; } \
+	  || echo "warning: apt-get install postgresql failed; the team-stack tests will skip"; \
+	else echo "warning: PostgreSQL missing and not root; the team-stack tests will skip"; fi

@@ -118,6 +118,17 @@ def artifact_location(params: Any = None, root: str | Path | None = None) -> str
     return path.resolve().as_uri()
 
 
+def _new_experiment_artifacts(uri: str, params: Any, root: str | Path | None) -> Optional[str]:
+    """A new experiment's artifact root: the configured one; else, on a tracking server, None (the
+    server's own default, e.g. `mlflow-artifacts:/` proxied to its S3 bucket, so every client's
+    artifacts land in one place); else the local default under the repo."""
+    section = _mlflow_section(params)
+    configured = (getattr(section, "artifact_location", "") or "").strip()
+    if not configured and urlsplit(uri).scheme in ("http", "https"):
+        return None
+    return artifact_location(params, root)
+
+
 def portable_uri(uri: str, root: str | Path | None = None) -> str:
     """The tracking URI as written into committed outputs: redacted, and a SQLite store inside the
     repository given relative to it (`sqlite:///mlruns/mlflow.db`, the form `tracking_uri` anchors at
@@ -151,7 +162,8 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
 
     The model registry follows the tracking URI (unless MLFLOW_REGISTRY_URI says otherwise).
 
-    A new experiment is created with `artifact_location(params)`; an existing one keeps its own.
+    A new experiment is created with `artifact_location(params)` (on a tracking server with none
+    configured: the server's default artifact root); an existing one keeps its own.
     A deleted experiment of the same name is restored.
     """
     import mlflow
@@ -166,7 +178,8 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     try:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            exp_id = client.create_experiment(name, artifact_location=artifact_location(params, root))
+            exp_id = client.create_experiment(
+                name, artifact_location=_new_experiment_artifacts(uri, params, root))
         else:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == LifecycleStage.DELETED:

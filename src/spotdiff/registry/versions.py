@@ -16,6 +16,7 @@ from spotdiff.errors import SpotdiffError
 from spotdiff.fsutil import file_digest
 from spotdiff.models import official
 from spotdiff.models.checkpoint import model_from_checkpoint, read_checkpoint, save_model
+from spotdiff.registry.concurrency import promotion_lock
 from spotdiff.registry.provenance import git_revision, model_md5, now
 from spotdiff.registry.rule import CHALLENGER, CHAMPION, METRIC_TAG_PREFIX, champion_info, decide, tag_value
 from spotdiff.registry.serving import log_pyfunc
@@ -38,7 +39,6 @@ def register_version(params: Any, model_path: Path, run_id: str, metrics: dict[s
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     git = git_revision(root)
     md5 = model_md5(root, model_path)
-    champion_before = champion_info(client, reg.model_name, metric)
 
     logged = client.get_run(run_id).data.metrics
     with mlflow.start_run(run_id=run_id):
@@ -63,10 +63,14 @@ def register_version(params: Any, model_path: Path, run_id: str, metrics: dict[s
         client.set_model_version_tag(reg.model_name, version, key, value)
     client.set_registered_model_alias(reg.model_name, CHALLENGER, version)
 
-    promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
-    if promote:
-        client.set_registered_model_alias(reg.model_name, CHAMPION, version)
-        client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {now()}")
+    # Read the champion, decide and move the alias as one step: a client registering at the same time
+    # waits here, then compares against whoever won (spotdiff.registry.concurrency).
+    with promotion_lock(uri, reg.model_name):
+        champion_before = champion_info(client, reg.model_name, metric)
+        promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
+        if promote:
+            client.set_registered_model_alias(reg.model_name, CHAMPION, version)
+            client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {now()}")
     return {
         "model_name": reg.model_name,
         "version": int(version),
@@ -111,11 +115,12 @@ def promote_version(params: Any, version: str | int, alias: str = CHAMPION,
         raise SpotdiffError(f"model {name} version {text}: not in the registry at {redact_uri(uri)}; "
                             "pick an existing version (registry/registration.json lists the latest)"
                             ) from None
-    try:
-        previous: Optional[int] = int(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        previous = None
-    client.set_registered_model_alias(name, alias, text)
+    with promotion_lock(uri, name):  # not in the middle of an automatic promotion's read-decide-write
+        try:
+            previous: Optional[int] = int(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            previous = None
+        client.set_registered_model_alias(name, alias, text)
     client.set_model_version_tag(name, text, "promoted" if alias == CHAMPION else f"alias.{alias}",
                                  f"manual {now()}")
     return {"model_name": name, "version": int(text), "alias": alias, "previous": previous}

@@ -1,0 +1,2 @@
+-- The Prefect server's database, beside MLflow's (POSTGRES_DB=mlflow).
+CREATE DATABASE prefect;
