@@ -321,33 +321,39 @@ _BUCKET_CAP = 128
 
 
 def _sort_values(x: np.ndarray) -> np.ndarray:
-    """`np.sort(x)` (ascending values) of a 1-D float64 array without NaN, faster for large arrays.
+    """`np.sort(x)` (ascending values) of a 1-D float64 array without NaN; `_bucket_sort` when it can."""
+    out = _bucket_sort(x) if x.size >= _BUCKET_SORT_MIN else None
+    return np.sort(x) if out is None else out
+
+
+def _bucket_sort(x: np.ndarray) -> np.ndarray | None:
+    """The values of a 1-D float64 array without NaN in ascending order, or None if the data do not fit.
 
     numpy's sort of a long float64 array partitions with AVX-512 compress-stores, which some CPUs
-    (AMD Zen 4) run slowly, while its rows of <= 256 values go through a sorting network at a fraction
+    (AMD Zen 4) run slowly, while rows of <= 256 values go through a sorting network at a fraction
     of the cost per value. So: one linear bucket per ~16 values, `floor((x - min) * (buckets - 1) /
     (max - min))` (monotone in x, also in floating point: every step rounds monotonically), values
     laid out bucket by bucket with one radix argsort of the 16-bit bucket ids, then rows of 2·cap
     values sorted twice, the second pass shifted by cap. With at most cap values per bucket every
     bucket lies inside one row of one of the passes, and a pass only reorders values inside the
-    buckets it covers, so the result is sorted. A bucket over cap (values clustered in a narrow
-    range, or many equal values) or an infinite range falls back to `np.sort`.
+    buckets it covers, so the result is sorted. None when a bucket holds over cap values (values
+    clustered in a narrow range, or many equal values) or the range is infinite.
     """
     n = x.size
-    if n < _BUCKET_SORT_MIN:
-        return np.sort(x)
+    if n == 0:
+        return None
     lo, hi = x.min(), x.max()
-    buckets = min(1 << 16, n // 16)
+    buckets = max(2, min(1 << 16, n // 16))
     with np.errstate(all="ignore"):
         scale = (buckets - 1) / (hi - lo)
     if not (np.isfinite(scale) and scale > 0):
-        return np.sort(x)
+        return None
     t = np.subtract(x, lo)
     t *= scale  # in [0, buckets - 1] up to one rounding: below 2**16
     bucket = t.astype(np.uint16)
-    if np.bincount(bucket, minlength=buckets).max() > _BUCKET_CAP:
-        return np.sort(x)
     cap = _BUCKET_CAP
+    if np.bincount(bucket, minlength=buckets).max() > cap:
+        return None
     size = -(-(n + cap) // (2 * cap)) * 2 * cap  # rows of 2·cap, and room for the shifted pass
     out = np.empty(size)
     np.take(x, np.argsort(bucket, kind="stable"), out=out[:n])  # stable on uint16: a radix sort
