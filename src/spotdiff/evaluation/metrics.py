@@ -20,9 +20,10 @@ Because the VOC rule matches each detection to its argmax GT regardless of order
 vectorises: IoU of every (detection, GT-of-its-image) pair in cache-sized chunks of images, one GT
 slot at a time (`_matched_gt`); "first detection in global score order per GT" as "highest score,
 then lowest index" per GT (`_first_matches`), since a GT's detections are all in its image; and the
-global order itself from one value sort of the scores (`_rank`). `average_precision_loop` is the
-straightforward per-image loop kept as the readable reference (tests and `benchmarks/bench_ap.py`
-check the two agree to 1e-6).
+global order itself from one value sort of the scores (`_rank`), done by 16-bit buckets and short
+row sorts (`_bucket_sort`) where numpy's own sort of a long array is slow. `average_precision_loop`
+is the straightforward per-image loop kept as the readable reference (tests check the two agree bit
+for bit, `benchmarks/bench_ap.py` to 1e-6).
 
 No GT at all: AP is undefined and returned as NaN (`num_gt == 0`); callers report it as missing.
 
