@@ -323,7 +323,7 @@ def _first_matches(matched_gt: np.ndarray, scores: np.ndarray, n_gt: int) -> np.
 
 
 # Value sort by buckets: above this many values, and with at most _BUCKET_CAP values per bucket.
-_BUCKET_SORT_MIN = 1 << 16
+_BUCKET_SORT_MIN = 1 << 12
 _BUCKET_CAP = 128
 
 
@@ -379,17 +379,21 @@ def _rank(scores: np.ndarray, is_tp: np.ndarray) -> tuple[np.ndarray, np.ndarray
     only, leave the same flags in either order.
     """
     ascending = _sort_values(scores)
-    tp_scores = np.sort(scores[is_tp])
+    tp_scores = _sort_values(scores[is_tp])
     lo = np.searchsorted(ascending, tp_scores, side="left")
-    tp_lo = np.searchsorted(tp_scores, tp_scores, side="left")
-    tp_hi = np.searchsorted(tp_scores, tp_scores, side="right")
-    end = lo + tp_hi - tp_lo  # the m TPs of a score take lo .. end - 1 if no FP has that score
+    if tp_scores.size > 1 and np.any(tp_scores[1:] == tp_scores[:-1]):  # TPs sharing a score
+        tp_lo = np.searchsorted(tp_scores, tp_scores, side="left")
+        tp_hi = np.searchsorted(tp_scores, tp_scores, side="right")
+        place = lo + np.arange(tp_scores.size) - tp_lo  # the i-th TP of a score: lo + i
+        end = lo + tp_hi - tp_lo  # the m TPs of a score take lo .. end - 1 if no FP has that score
+    else:  # each TP score held once among the TPs
+        place, end = lo, lo + 1
     inside = end < scores.size
     if np.any(ascending[end[inside]] == tp_scores[inside]):  # a score held by a TP and an FP
         order = _descending(scores)
         return is_tp[order], scores[order]
     flags = np.zeros(scores.size, dtype=bool)  # in descending order (contiguous for the cumsum)
-    flags[scores.size - 1 - (lo + np.arange(tp_scores.size) - tp_lo)] = True
+    flags[scores.size - 1 - place] = True
     return flags, ascending[::-1]
 
 
