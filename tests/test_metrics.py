@@ -393,3 +393,27 @@ def test_vectorised_equals_loop_reference_at_bucket_scale():
     assert (v.num_gt, v.num_det, v.num_tp) == (r.num_gt, r.num_det, r.num_tp)
     assert np.array_equal(v.scores, r.scores) and np.array_equal(v.precision, r.precision)
     assert np.array_equal(v.recall, r.recall) and v.ap == r.ap
+
+
+def test_ap_benchmark_script_runs_and_agrees(tmp_path):
+    """`benchmarks/bench_ap.py` on a small input: exit 0 (ours agrees with both loops to 1e-6), and
+    its JSON carries wall and CPU timings and both ratios for each baseline."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers.env import REPO_ROOT, subprocess_env
+
+    out = tmp_path / "ap.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_ap.py"), "--pairs", "40", "--repeats", "1",
+         "--repeats-readable", "1", "--results", str(out)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["equal_to_1e-6"] is True and result["images"] == 80
+    for row in result["rows"]:
+        assert row["max_abs_ap_diff"] <= 1e-6
+        for key in ("seconds_ours_median", "seconds_baseline", "cpu_seconds_ours_median", "cpu_seconds_baseline"):
+            assert row[key] > 0
+        assert row["speedup_cpu"] == pytest.approx(row["cpu_seconds_baseline"] / row["cpu_seconds_ours_median"])
