@@ -35,6 +35,30 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict[str, f
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def interleaved_medians_wall_cpu(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """`interleaved_medians`, also timing each call's CPU time (`time.process_time`, all threads).
+
+    On a machine shared with other jobs, a call's wall time includes the time it waited for a core;
+    its CPU time does not (it still includes the cache misses that other jobs cause). For
+    single-threaded code on an idle machine the two agree.
+    """
+    import statistics
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+            for name in fns}
+
+
 def machine() -> dict:
     """What the figures were taken on: CPU model, cores, torch threads, load, GPU if any."""
     import os

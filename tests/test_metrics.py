@@ -270,3 +270,150 @@ def test_tied_scores_keep_input_order():
     tp_first = average_precision(gts, [np.concatenate([tp, fp])], [np.array([0.5, 0.5])])
     assert fp_first.precision.tolist() == [0.0, 0.5] and fp_first.ap == 0.5
     assert tp_first.precision.tolist() == [1.0, 0.5] and tp_first.ap == 1.0
+
+
+# ---------------------------------------------------------------- the bucketed value sort
+
+
+def _sort_cases(rng):
+    """Named float64 arrays: the bucket path's own cases and the ones it must hand back to np.sort."""
+    n = 70_001  # not a multiple of the 256-value rows
+    return {
+        "uniform": rng.random(n),
+        "signed_normal": rng.normal(size=n),
+        "uniform_with_ties": np.repeat(rng.random(n // 3), 3),
+        "zeros_of_both_signs": np.concatenate([rng.random(n), np.zeros(50), -np.zeros(50)]),
+        "presorted_descending": np.sort(rng.random(n))[::-1].copy(),
+        "clustered": np.concatenate([rng.random(n), 0.5 + 1e-9 * rng.random(5000)]),
+        "few_levels": np.round(rng.random(n) * 5) / 5,
+        "all_equal": np.full(n, 0.25),
+        "with_inf": np.concatenate([rng.random(n), [np.inf, -np.inf]]),
+        "tiny_range": 1.0 + 1e-300 * rng.random(n),
+    }
+
+
+BUCKET_PATH = {"uniform", "signed_normal", "uniform_with_ties", "zeros_of_both_signs", "presorted_descending"}
+
+
+@pytest.mark.parametrize("name", list(_sort_cases(np.random.default_rng(0))))
+def test_bucket_sort_equals_np_sort(name):
+    """`_bucket_sort` gives np.sort's values bit for bit when the data suit it, and declines otherwise
+    (a bucket over its cap, an infinite or zero range); `_sort_values` equals np.sort either way."""
+    from spotdiff.evaluation.metrics import _bucket_sort, _sort_values
+
+    x = _sort_cases(np.random.default_rng(7))[name]
+    expected = np.sort(x)
+    out = _bucket_sort(x)
+    if name in BUCKET_PATH:
+        assert out is not None
+        assert out.tobytes() == expected.tobytes() or (
+            np.array_equal(out, expected) and name == "zeros_of_both_signs")  # -0.0 == 0.0: any order
+    else:
+        assert out is None
+    assert np.array_equal(_sort_values(x), expected)
+
+
+def test_bucket_sort_small_and_random_sizes():
+    """Every size from a single row to a few rows (the padding and the shifted pass at the edges)."""
+    from spotdiff.evaluation.metrics import _bucket_sort
+
+    rng = np.random.default_rng(11)
+    for n in [*range(32, 300, 7), 511, 512, 513, 1000, 4096, 4097]:
+        x = rng.random(n) * rng.choice([1e-3, 1.0, 1e6]) - rng.random()
+        out = _bucket_sort(x)
+        if out is not None:  # small n: few buckets, a cluster can overflow one
+            assert np.array_equal(out, np.sort(x)), n
+
+
+def _property_case(rng):
+    """Random images with everything the vectorised path treats specially: tied scores across TPs and
+    FPs, images with no detections, no GT, or neither, more detections than max_boxes, exact GT copies,
+    zero-area boxes and identical GTs."""
+    n_img = int(rng.integers(1, 60))
+    levels = int(rng.choice([0, 3, 10]))  # 0: continuous scores
+    gts, dets, scores = [], [], []
+    for _ in range(n_img):
+        kind = rng.random()
+        g = 0 if kind < 0.2 else int(rng.integers(1, 8))
+        d = 0 if 0.2 <= kind < 0.35 else int(rng.integers(1, 130))
+        xy = rng.uniform(0, 200, (g, 2))
+        G = np.concatenate([xy, xy + rng.uniform(2, 80, (g, 2))], 1)
+        if g > 1 and rng.random() < 0.2:
+            G[1] = G[0]
+        k = int(rng.integers(0, d + 1)) if g else 0
+        near = G[rng.integers(0, g, k)] + rng.normal(0, 3, (k, 4)) * rng.integers(0, 2, (k, 1)) if k else E
+        xy = rng.uniform(0, 200, (d - k, 2))
+        D = np.concatenate([near, np.concatenate([xy, xy + rng.uniform(0, 80, (d - k, 2))], 1)])
+        D[:, 2:] = np.maximum(D[:, 2:], D[:, :2])  # some zero width/height
+        s = rng.random(d)
+        if levels:
+            s = np.round(s * levels) / levels
+        gts.append(G)
+        dets.append(D)
+        scores.append(s)
+    return gts, dets, scores
+
+
+def test_vectorised_equals_loop_reference_property(monkeypatch):
+    """60 random configurations, with the bucketed score sort switched on for every size: curve,
+    scores, counts and AP identical to the per-image loop, for all size ranges and two thresholds."""
+    from spotdiff.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "_BUCKET_SORT_MIN", 1)
+    rng = np.random.default_rng(2026)
+    for case in range(60):
+        gts, dets, scores = _property_case(rng)
+        max_boxes = int(rng.choice([100, 10]))
+        for area_range in [None, SIZE_RANGES["small"], SIZE_RANGES["medium"]]:
+            for thr in (0.5, 0.0):
+                v = average_precision(gts, dets, scores, iou_threshold=thr, max_boxes=max_boxes,
+                                      area_range=area_range)
+                r = average_precision_loop(gts, dets, scores, iou_threshold=thr, max_boxes=max_boxes,
+                                           area_range=area_range)
+                where = f"case {case}, range {area_range}, thr {thr}"
+                assert (v.num_gt, v.num_det, v.num_tp) == (r.num_gt, r.num_det, r.num_tp), where
+                assert np.array_equal(v.scores, r.scores), where
+                assert np.array_equal(v.precision, r.precision), where
+                assert np.array_equal(v.recall, r.recall), where
+                assert v.ap == r.ap or (math.isnan(v.ap) and math.isnan(r.ap)), where
+
+
+def test_vectorised_equals_loop_reference_at_bucket_scale():
+    """Over _BUCKET_SORT_MIN detections with the module's own settings (the benchmark's path)."""
+    from spotdiff.evaluation import metrics
+
+    rng = np.random.default_rng(5)
+    gts, dets, scores = random_case(rng, 800, max_gt=10, max_det=100)
+    dets = [np.resize(d, (100, 4)) if len(d) else d for d in dets]  # 100 per image, repeats included
+    scores = [rng.random(len(d)) for d in dets]
+    assert sum(map(len, scores)) >= metrics._BUCKET_SORT_MIN
+    assert metrics._bucket_sort(np.concatenate(scores)) is not None
+    v = average_precision(gts, dets, scores)
+    r = average_precision_loop(gts, dets, scores)
+    assert (v.num_gt, v.num_det, v.num_tp) == (r.num_gt, r.num_det, r.num_tp)
+    assert np.array_equal(v.scores, r.scores) and np.array_equal(v.precision, r.precision)
+    assert np.array_equal(v.recall, r.recall) and v.ap == r.ap
+
+
+def test_ap_benchmark_script_runs_and_agrees(tmp_path):
+    """`benchmarks/bench_ap.py` on a small input: exit 0 (ours agrees with both loops to 1e-6), and
+    its JSON carries wall and CPU timings and both ratios for each baseline."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers.env import REPO_ROOT, subprocess_env
+
+    out = tmp_path / "ap.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_ap.py"), "--pairs", "40", "--repeats", "1",
+         "--repeats-readable", "1", "--results", str(out)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["equal_to_1e-6"] is True and result["images"] == 80
+    for row in result["rows"]:
+        assert row["max_abs_ap_diff"] <= 1e-6
+        for key in ("seconds_ours_median", "seconds_baseline", "cpu_seconds_ours_median", "cpu_seconds_baseline"):
+            assert row[key] > 0
+        assert row["speedup_cpu"] == pytest.approx(row["cpu_seconds_baseline"] / row["cpu_seconds_ours_median"])
