@@ -21,6 +21,7 @@ process computes on its own GPU (`torch.cuda.set_device(LOCAL_RANK)`).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -63,7 +64,8 @@ class Shard:
         if self.distributed:
             import torch.distributed as dist
 
-            dist.barrier()
+            with self._peers_alive():
+                dist.barrier()
 
     def gather(self, obj: Any) -> list | None:
         """Every rank's `obj`, in rank order, on rank 0 (None elsewhere); [obj] outside a launch."""
@@ -72,8 +74,19 @@ class Shard:
         import torch.distributed as dist
 
         out: list | None = [None] * self.world_size if self.is_main else None
-        dist.gather_object(obj, out, dst=0)
+        with self._peers_alive():
+            dist.gather_object(obj, out, dst=0)
         return out
+
+    @contextmanager
+    def _peers_alive(self) -> Iterator[None]:
+        """A collective that fails because another process died is one line, not a traceback: the
+        process that died has printed why."""
+        try:
+            yield
+        except RuntimeError:  # torch.distributed.DistBackendError and gloo's "connection closed"
+            raise SpotdiffError(f"process {self.rank}: lost the other processes of the launch (one "
+                                "stopped; its own message says why)") from None
 
 
 def _env_int(name: str, default: int) -> int:
@@ -147,13 +160,17 @@ def launch(stage: str, args: list[str], devices: int, num_nodes: int) -> None:
     # torchrun sets 1 thread per process (with a warning) unless told; share this node's cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     sys.stdout.flush()
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)  # its notes on a failure repeat what the message below says
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
-        failures = ", ".join(f"rank {f.global_rank} exit {f.exitcode}"
-                             for f in sorted(exc.failures.values(), key=lambda f: f.global_rank))
-        raise SpotdiffError(f"{stage}: {failures} of {devices * num_nodes} processes (its message is "
-                            "above); fix it and rerun: finished work is kept") from None
+        failed = ", ".join(str(rank) for rank in sorted(exc.failures))
+        raise SpotdiffError(f"{stage}: process(es) {failed} of {devices * num_nodes} failed (messages "
+                            "above); fix the cause and rerun: the work finished so far is kept") from None
+    finally:
+        agent_log.setLevel(level)
 
 
 __all__ = ["Shard", "shard_from_env", "joined", "wants_launch", "launch", "BARRIER_TIMEOUT"]

@@ -123,6 +123,7 @@ def timings(results: Sequence[SetResult], methods: Sequence[str], total_s: float
             "read_s": round(r.read_seconds, 4),
             "detect_s": {m: round(r.seconds[m], 4) for m in methods},
             "s_per_pair": {m: round(r.seconds[m] / max(r.pairs, 1), 4) for m in methods},
+            "resumed_pairs": r.resumed_pairs,
         }
     return {"total_s": round(total_s, 3), "device": device, "processes": processes, "sets": sets}
 

@@ -44,6 +44,7 @@ class SetResult:
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # detection time per method
     read_seconds: float = 0.0
+    resumed_pairs: int = 0  # pairs whose boxes a killed run had saved (not run again)
     # the first pairs' images, ground truth and, per method, the boxes it displays (PairDetections)
     samples: list[dict] = field(default_factory=list)
 
@@ -222,29 +223,33 @@ def run_set(reader: Any, row: tuple[str, str, str, Path], detectors: dict[str, D
             if rec is not None:
                 records[b] = rec
     todo = [b for b in mine if b not in records]
+    resumed = sum(len(batches[b]) for b in records)
     bar = tqdm(total=sum(len(batches[b]) for b in todo), desc=f"evaluate {reader.display_name}{shard.tag()}",
                unit="pair")
     done = 0
     t_read = time.perf_counter()
-    for b, batch in zip(todo, _batches(reader, [batches[b] for b in todo], cfg.num_workers)):
-        rec = _run_batch(batch, detectors, cfg.max_boxes, time.perf_counter() - t_read)
-        if parts is not None:
-            rec.save(parts / f"{b:07d}.npz")
-        records[b] = rec
-        done += len(batch)
-        bar.update(len(batch))
-        bar.set_postfix({m: f"{sum(records[k].seconds[m] for k in todo if k in records) / done:.2f}s/pair"
-                         for m in detectors})
-        t_read = time.perf_counter()
-    bar.close()
+    try:  # (closed on an error too, so that the error's line starts a line)
+        for b, batch in zip(todo, _batches(reader, [batches[b] for b in todo], cfg.num_workers)):
+            rec = _run_batch(batch, detectors, cfg.max_boxes, time.perf_counter() - t_read)
+            if parts is not None:
+                rec.save(parts / f"{b:07d}.npz")
+            records[b] = rec
+            done += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix({m: f"{sum(records[k].seconds[m] for k in todo if k in records) / done:.2f}s/pair"
+                             for m in detectors})
+            t_read = time.perf_counter()
+    finally:
+        bar.close()
 
-    gathered = shard.gather(records)
+    gathered = shard.gather((records, resumed))
     if gathered is None:
         return None
     merged: dict[int, BatchRecord] = {}
-    for part in gathered:
+    for part, _ in gathered:
         merged.update(part)
-    res = SetResult(testset, subset, name, path, reader.is_standin, pairs=len(reader))
+    res = SetResult(testset, subset, name, path, reader.is_standin, pairs=len(reader),
+                    resumed_pairs=sum(n for _, n in gathered))
     for m in methods:
         res.dets[m], res.scores[m], res.seconds[m] = [], [], 0.0
     for b in range(len(batches)):
