@@ -310,3 +310,12 @@ def test_several_nodes_need_the_rendezvous_env(inpaint_case, tmp_path, monkeypat
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "inpaint.num_nodes is 2" in err and "MASTER_ADDR, MASTER_PORT, NODE_RANK" in err
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_the_number_of_processes_is_not_in_the_inpaint_run_file(inpaint_case):
+    """`.inpaint-run.json` (a DVC output) is the same for any number of processes, and the same as
+    before the scale-out params existed: params without batch_size, device, devices, num_nodes."""
+    root, _, _ = inpaint_case
+    run = json.loads((root / "one" / ".inpaint-run.json").read_text())
+    assert list(run["params"]) == ["backend", "seed", "max_versions", "dilate_px", "opencv_method",
+                                   "opencv_radius", "lama_checkpoint"]
