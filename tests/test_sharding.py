@@ -184,16 +184,29 @@ def evaluate_case(tmp_path_factory):
     return root, sets, model, digests
 
 
-def _evaluate_args(params: Path, model: Path, sets: Path, out: Path) -> list[str]:
-    return ["evaluate", "--params", str(params), "--model", str(model), "--no-mlflow", "--testsets", str(sets),
+def _evaluate_args(params: Path, model: Path, sets: Path, out: Path, run_info: Path | None = None) -> list[str]:
+    log = ["--run-info", str(run_info)] if run_info else ["--no-mlflow"]
+    return ["evaluate", "--params", str(params), "--model", str(model), *log, "--testsets", str(sets),
             "--out", str(out)]
 
 
 @pytest.mark.slow
-def test_evaluate_two_processes_write_the_bytes_of_one(evaluate_case):
+def test_evaluate_two_processes_write_the_bytes_of_one(evaluate_case, mlflow_store, tmp_path):
+    """Both processes detect, rank 0 alone scores, writes and logs to MLflow (once)."""
+    from mlflow.tracking import MlflowClient
+
+    from helpers.mlflow_store import start_training_run, write_run_record
+    from spotdiff.metricsfile import flatten_metrics
+    from spotdiff.params import load_params
+
     root, sets, model, one = evaluate_case
-    out = root / "torchrun"
-    done = _spotdiff(_evaluate_args(root / "params.yaml", model, sets, out), root, launch=True)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**EVAL_PARAMS, "mlflow": {"experiment": "shard-test",
+                                                                "artifact_location": str(tmp_path / "art")}}))
+    run_id = start_training_run(load_params(params), metric=("best/val_loss", 1.0))
+    out = tmp_path / "torchrun"
+    done = _spotdiff(_evaluate_args(params, model, sets, out, write_run_record(tmp_path / "run.json", run_id)),
+                     tmp_path, launch=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[rank 1/2]" in done.stderr and "[rank 0/2]" in done.stderr
     assert _digests(out, skip=("timings.json",)) == one
@@ -201,6 +214,11 @@ def test_evaluate_two_processes_write_the_bytes_of_one(evaluate_case):
     assert timings["processes"] == 2 and timings["sets"]["virat_std"]["pairs"] == 3
     assert not (out / ".evaluate-parts").exists()
     assert done.stdout.count("evaluate: 2 method(s)") == 1  # rank 0 alone reports
+    client = MlflowClient()
+    flat = flatten_metrics(json.loads((out / "metrics.json").read_text()))
+    logged = client.get_run(run_id).data.metrics
+    assert all(logged[k] == pytest.approx(v) for k, v in flat.items() if v is not None)
+    assert len(client.get_metric_history(run_id, "cyws/coco_inpainted/all/ap50")) == 1  # logged once
 
 
 @pytest.mark.slow
