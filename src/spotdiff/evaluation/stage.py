@@ -81,6 +81,8 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
 
 def _fingerprint(params: Params, detectors: dict, rows: list, readers: list) -> dict:
     """What the part files depend on: the models' weights, the settings that change boxes, the sets."""
+    import torch
+
     cfg = params.evaluate.model_dump(exclude={"samples_to_draw", "draw_top_k", "num_workers", "devices",
                                               "num_nodes"})
     weights = {}
@@ -88,9 +90,9 @@ def _fingerprint(params: Params, detectors: dict, rows: list, readers: list) -> 
         model = getattr(det, "model", None)
         if model is not None:
             digest = hashlib.sha256()
-            for key, tensor in model.state_dict().items():
-                digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            for key, tensor in model.state_dict().items():  # (as float64: numpy has no bfloat16)
+                digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().to(torch.float64).numpy().tobytes())
             weights[name] = digest.hexdigest()
     sets = {}
     for (_, _, name, path), reader in zip(rows, readers):
