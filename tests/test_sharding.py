@@ -221,34 +221,64 @@ def test_evaluate_two_processes_write_the_bytes_of_one(evaluate_case, mlflow_sto
     assert len(client.get_metric_history(run_id, "cyws/coco_inpainted/all/ap50")) == 1  # logged once
 
 
-@pytest.mark.slow
-def test_evaluate_a_failed_shard_resumes_to_the_same_bytes(evaluate_case):
-    """A VIRAT pair of rank 1's batch is unreadable: the launch by `evaluate.devices: 2` fails (one
-    line per process, exit 2) after the earlier sets' batches were saved; the rerun, under torchrun,
-    reuses them and writes the one-process bytes."""
-    root, sets, model, one = evaluate_case
-    params = _write_params(root / "params2.yaml", EVAL_PARAMS, devices=2)
-    out = root / "by-params"
-    args = _evaluate_args(params, model, sets, out)
-    restore = _break(sets / "virat_std" / "0002_2.png")  # pair 2: batch 1, rank 1's
-    try:
-        failed = _spotdiff(args, root)
-    finally:
-        restore()
-    assert failed.returncode == 2, failed.stderr[-3000:]
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("spotdiff: error: ")]
-    assert any("0002_2.png: not an image file" in line for line in errors)
-    assert errors[-1].startswith("spotdiff: error: evaluate: process(es) ")
-    assert "Traceback" not in failed.stderr and not (out / "metrics.json").exists()
-    saved = sorted((out / ".evaluate-parts").rglob("*.npz"))
-    assert {p.parent.name for p in saved} >= {"coco_inpainted_small", "synthtext_change"}
+def _pid_of_rank(marker: str, rank: int) -> int | None:
+    """The process of `rank` among those whose env holds SPOTDIFF_TEST_LAUNCH=marker (our launch)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = dict(item.split("=", 1) for item in
+                       (entry / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in item)
+        except OSError:
+            continue
+        if env.get("SPOTDIFF_TEST_LAUNCH") == marker and env.get("RANK") == str(rank):
+            return int(entry.name)
+    return None
 
-    rerun = _spotdiff(args, root, launch=True)
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the rank's process in /proc")
+def test_evaluate_a_killed_shard_resumes_to_the_same_bytes(evaluate_case, tmp_path):
+    """Rank 1 of a launch by `evaluate.devices: 2` is killed (SIGKILL) once it has saved a batch of the
+    4th set: the launch fails (exit 2, one line); the rerun, under torchrun, reuses the saved batches
+    and writes the one-process bytes."""
+    import signal
+    import time
+    import uuid
+
+    root, sets, model, one = evaluate_case
+    params = _write_params(tmp_path / "params2.yaml", EVAL_PARAMS, devices=2)
+    out = tmp_path / "eval"
+    args = _evaluate_args(params, model, sets, out)
+    marker = uuid.uuid4().hex
+    target = out / ".evaluate-parts" / "synthtext_change" / "0000001.npz"  # batch 1: rank 1's
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        launch = subprocess.Popen([sys.executable, "-m", "spotdiff.cli", *args], cwd=tmp_path, stdout=so,
+                                  stderr=se, env={**_env(), "SPOTDIFF_TEST_LAUNCH": marker})
+        killed = None
+        deadline = time.monotonic() + 240
+        while launch.poll() is None and time.monotonic() < deadline:
+            if killed is None and target.exists():
+                killed = _pid_of_rank(marker, 1)
+                assert killed is not None
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.005)
+        if launch.poll() is None:
+            launch.kill()
+        code = launch.wait()
+    stderr = (tmp_path / "stderr").read_text()
+    assert killed is not None and code == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("spotdiff: error: ")]
+    assert errors[-1].startswith("spotdiff: error: evaluate: process(es) ") and "1 of 2" in errors[-1]
+    assert "Traceback" not in stderr and not (out / "metrics.json").exists()
+
+    rerun = _spotdiff(args, tmp_path, launch=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _digests(out, skip=("timings.json",)) == one
     timings = json.loads((out / "timings.json").read_text())["sets"]
-    assert timings["coco_inpainted_small"]["resumed_pairs"] == 3  # every batch came from its part file
-    assert timings["kubric_change"]["resumed_pairs"] == 0
+    for subset in ("small", "medium", "large"):  # finished before the kill: every pair from its part
+        assert timings[f"coco_inpainted_{subset}"]["resumed_pairs"] == 3
+    assert timings["synthtext_change"]["resumed_pairs"] >= 1
     assert not (out / ".evaluate-parts").exists()
 
 
