@@ -269,8 +269,9 @@ def test_evaluate_a_killed_shard_resumes_to_the_same_bytes(evaluate_case, tmp_pa
     stderr = (tmp_path / "stderr").read_text()
     assert killed is not None and code == 2, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("spotdiff: error: ")]
-    assert errors[-1].startswith("spotdiff: error: evaluate: process(es) ") and "1 of 2" in errors[-1]
-    assert "Traceback" not in stderr and not (out / "metrics.json").exists()
+    assert errors and errors[-1].startswith("spotdiff: error: evaluate: process(es) "), stderr[-3000:]
+    assert "1 of 2" in errors[-1] and "Traceback" not in stderr, stderr[-3000:]
+    assert not (out / "metrics.json").exists()
 
     rerun = _spotdiff(args, tmp_path, launch=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -129,9 +129,15 @@ def joined() -> Iterator[Shard]:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield shard
-    finally:
-        if owned:
-            dist.destroy_process_group()
+    except BaseException:
+        if owned:  # leaving after a failure (maybe a lost peer): the group's own errors add nothing
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+        raise
+    if owned:
+        dist.destroy_process_group()
 
 
 def wants_launch(devices: int, num_nodes: int) -> bool:
