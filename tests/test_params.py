@@ -225,7 +225,8 @@ def test_dumps_keep_the_former_dataclass_layout(repo_root):
     assert json.dumps(p.pairs.model_dump(exclude={"augment"})) == (
         '{"seed": 0, "p_inpainted": 0.5, "val_fraction": 0.1, "pairs_per_image": 4, "preview_count": 8}')
     assert list(p.inpaint.model_dump()) == ["backend", "seed", "max_versions", "dilate_px", "opencv_method",
-                                            "opencv_radius", "lama_checkpoint", "batch_size", "device"]
+                                            "opencv_radius", "lama_checkpoint", "batch_size", "device",
+                                            "devices", "num_nodes"]  # the run file leaves out the last four
     assert p.model.model_dump()["decoder_channels"] == (64, 64, 32, 32, 16)
     assert p.evaluate.model_dump()["methods"] == ("cyws", "ssim")
     flat = to_flat_dict(p)

@@ -298,6 +298,10 @@ class InpaintParams(_Section):
     lama_checkpoint: StrictStr = "models/big-lama.pt"
     batch_size: StrictInt = Field(4, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
+    # process inpainting its share of the images (one GPU each); the same files as one process.
+    devices: StrictInt = Field(1, ge=1)
+    num_nodes: StrictInt = Field(1, ge=1)
 
 
 class AugmentParams(_Section):
@@ -543,6 +547,10 @@ class EvaluateParams(_Section):
     # (same boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime |
     # channels_last | compile | bf16.
     engine: Literal["auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"] = "auto"
+    # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
+    # process running its share of the batches (one GPU each); rank 0 scores: the same files.
+    devices: StrictInt = Field(1, ge=1)
+    num_nodes: StrictInt = Field(1, ge=1)
 
     @field_validator("methods", mode="before")
     @classmethod

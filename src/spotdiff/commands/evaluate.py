@@ -25,7 +25,11 @@ def evaluate(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log metrics and files to the training "
                                 "run in MLflow"),
 ) -> None:
-    """Score CYWS and SSIM on the test sets (VOC AP@0.5, COCO AP); write metrics, curves, report, samples."""
+    """Score CYWS and SSIM on the test sets (VOC AP@0.5, COCO AP); write metrics, curves, report, samples.
+
+    A killed run resumes from the batches it finished. `evaluate.devices` > 1 runs that many processes
+    (torchrun), each on its share of the batches: the same files (docs/SCALE-OUT.md)."""
+    from spotdiff import distributed
     from spotdiff.methods import is_registry_reference
     from spotdiff.params import load_params
     from spotdiff.stages import evaluate as stage
@@ -36,6 +40,12 @@ def evaluate(
         typer.echo(f"note: --model {model} is a registry reference; metrics are not logged to the "
                    f"training run of {run_info} (pass --no-mlflow to silence this)", err=True)
         mlflow = False
+    if distributed.wants_launch(cfg.evaluate.devices, cfg.evaluate.num_nodes):
+        stage.check_inputs(cfg, model, testsets, out)  # a user's mistake is one line, not one per process
+        args = ["evaluate", "--params", str(params), "--model", str(model), "--run-info", str(run_info),
+                "--testsets", str(testsets), "--out", str(out), "--mlflow" if mlflow else "--no-mlflow"]
+        distributed.launch("evaluate", args, cfg.evaluate.devices, cfg.evaluate.num_nodes)
+        return
     stage.run(cfg, model, run_info if mlflow else None, testsets, out, echo=typer.echo,
               warn=lambda line: typer.echo(line, err=True))
 

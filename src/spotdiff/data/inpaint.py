@@ -28,6 +28,11 @@ Resuming and what a killed run looks like:
   not match (params or source changed), the folder's previous content is discarded first, so a
   resume never mixes files made under different settings. Leftover temporary files of a killed
   run and files no longer planned are removed at the end.
+
+Scale-out (docs/SCALE-OUT.md): inside a `torch.distributed` launch every process inpaints the chunks
+of `batch_size` images that are its own (chunk c: rank c % WORLD_SIZE), each image's files still
+written as above, so each shard resumes on its own; rank 0 alone prepares the folder and, once all
+have finished, writes `list_of_indices.npy`. The files are the same bytes as one process writes.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from spotdiff.data.coco_inpainted import (
     CocoInpaintedWriter,
     annotation_masks,
 )
+from spotdiff.distributed import Shard, joined
 from spotdiff.errors import SpotdiffError
 from spotdiff.fsutil import write_json_atomic
 from spotdiff.imageio import load_image, write_png
@@ -105,18 +111,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_lama_checkpoint(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SpotdiffError(
+            f"{path}: LaMa TorchScript file not found; put big-lama.pt there (published md5 "
+            "e3aa4aaa15225a33ec84f9f4bc47e500), set inpaint.lama_checkpoint, or use "
+            "inpaint.backend: opencv")
+    return path
+
+
 class LamaInpainter:
     """A TorchScript LaMa: `model(image B×3×H×W [0,1], mask B×1×H×W {0,1}) -> B×3×H×W [0,1]`."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 4):
         import torch
 
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise SpotdiffError(
-                f"{path}: LaMa TorchScript file not found; put big-lama.pt there (published md5 "
-                "e3aa4aaa15225a33ec84f9f4bc47e500), set inpaint.lama_checkpoint, or use "
-                "inpaint.backend: opencv")
+        path = check_lama_checkpoint(checkpoint)
         self.device = resolve_device(device)
         try:
             with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; big-lama.pt is one
@@ -234,6 +245,8 @@ def _fingerprint(params: InpaintParams, source: Path) -> dict:
     keys = params.model_dump()
     keys.pop("batch_size", None)  # does not change the output
     keys.pop("device", None)
+    keys.pop("devices", None)  # nor does the number of processes (docs/SCALE-OUT.md)
+    keys.pop("num_nodes", None)
     return {"format": "spotdiff-inpaint/1", "params": keys, "instances_sha256": digest}
 
 
@@ -280,85 +293,125 @@ class InpaintSummary:
     skipped_images: int
     stale_removed: int
     seconds: float
+    processes: int = 1
+
+
+def _inpaint_chunk(group: list[tuple[SourceImage, list[frozenset]]], writer: CocoInpaintedWriter,
+                   inpainter: Inpainter, params: InpaintParams) -> int:
+    """Write the missing files of the images of one chunk (metadata last); returns the versions made."""
+    jobs_img, jobs_mask, jobs_dest = [], [], []
+    for img, plan in group:
+        image = load_image(img.path)
+        if image.shape[:2] != (img.height, img.width):
+            raise SpotdiffError(f"{img.path}: size {image.shape[1]}x{image.shape[0]} differs from "
+                                f"instances.json ({img.width}x{img.height}); regenerate the source")
+        if not writer.original_path(img.idx).is_file():
+            writer.write_original(img.idx, image)
+        masks = annotation_masks(img.annotations, img.height, img.width)
+        n = len(img.annotations)
+        for removed in plan:
+            dest = writer.inpainted_path(img.idx, removed, n)
+            if dest.is_file():
+                continue
+            hole = dilate(masks[sorted(removed)].any(axis=0), params.dilate_px)
+            jobs_img.append(image)
+            jobs_mask.append(hole)
+            jobs_dest.append(dest)
+    results = inpainter.inpaint(jobs_img, jobs_mask) if jobs_img else []
+    for dest, result in zip(jobs_dest, results):
+        write_png(dest, result)
+    for img, _plan in group:  # metadata last: it marks the image complete
+        writer.write_metadata(img.idx, img.annotations)
+    return len(results)
 
 
 def run_inpaint(params: InpaintParams, source: str | Path, out: str | Path,
                 inpainter: Inpainter | None = None, stop_after: int | None = None) -> InpaintSummary:
     """Write the COCO-Inpainted layout for `source` into `out`, resuming what a previous run left.
 
+    Inside a `torch.distributed` launch (`spotdiff.distributed`), each process does its share: the
+    images are cut into chunks of `batch_size` in index order (as one process cuts them, so a batch
+    holds the same images) and chunk c is rank c % WORLD_SIZE's; rank 0 prepares the folder first
+    and, after every rank has finished, removes stale files and writes `list_of_indices.npy`. The
+    folder must be on a file system every process sees. Returns this process's counts (rank 0: the
+    whole launch's).
+
     `stop_after` (tests only) stops after that many images were worked on, like a killed run: the
     folder is left without `list_of_indices.npy`.
     """
+    with joined() as shard:
+        return _run_inpaint(params, Path(source), Path(out), inpainter, stop_after, shard)
+
+
+def _run_inpaint(params: InpaintParams, source: Path, out: Path, inpainter: Inpainter | None,
+                 stop_after: int | None, shard: Shard) -> InpaintSummary:
     import time
 
     start = time.perf_counter()
-    source, out = Path(source), Path(out)
     images = read_source(source)
-    _prepare_folder(out, _fingerprint(params, source))
-    inpainter = inpainter if inpainter is not None else make_inpainter(params)
+    if shard.is_main:
+        _prepare_folder(out, _fingerprint(params, source))
+    shard.barrier()  # the folder is ready (a stale one emptied) before any process looks into it
+    if inpainter is None:
+        if params.backend == "lama" and shard.distributed and params.device in ("auto", "cuda"):
+            import torch  # every process on its own GPU (`joined` made it the current one)
+
+            if torch.cuda.is_available():
+                params = params.model_copy(update={"device": f"cuda:{torch.cuda.current_device()}"})
+        inpainter = make_inpainter(params)
     writer = CocoInpaintedWriter(out)
 
     expected: set[Path] = set()
-    indices: list[int] = []
-    todo: list[tuple[SourceImage, list[frozenset]]] = []
+    planned: list[tuple[SourceImage, list[frozenset]]] = []
     n_versions = 0
     for img in images:
         n = len(img.annotations)
         if n == 0:
             continue  # nothing to remove: not a training item
         plan = plan_removals(n, params.max_versions, np.random.default_rng([params.seed, img.idx]))
-        files = [writer.original_path(img.idx), writer.metadata_path(img.idx)]
-        files += [writer.inpainted_path(img.idx, r, n) for r in plan]
-        expected.update(files)
-        indices.append(img.idx)
+        expected.update([writer.original_path(img.idx), writer.metadata_path(img.idx)])
+        expected.update(writer.inpainted_path(img.idx, r, n) for r in plan)
+        planned.append((img, plan))
         n_versions += len(plan)
-        if not all(p.is_file() for p in files):
-            todo.append((img, plan))
+    indices = [img.idx for img, _ in planned]
+
+    def complete(img: SourceImage, plan: list[frozenset]) -> bool:
+        files = [writer.original_path(img.idx), writer.metadata_path(img.idx)]
+        files += [writer.inpainted_path(img.idx, r, len(img.annotations)) for r in plan]
+        return all(p.is_file() for p in files)
+
+    chunk = params.batch_size
+    chunks = [planned[i:i + chunk] for i in range(0, len(planned), chunk)]
+    mine = [[item for item in group if not complete(*item)]
+            for c, group in enumerate(chunks) if shard.owns(c)]
+    mine = [group for group in mine if group]
+    todo = sum(len(group) for group in mine)
+    skipped = sum(len(group) for c, group in enumerate(chunks) if shard.owns(c)) - todo
 
     done_images = done_versions = 0
-    chunk = params.batch_size
-    bar = tqdm(total=len(todo), desc="inpaint", unit="img")
+    bar = tqdm(total=todo, desc=f"inpaint{shard.tag()}", unit="img")
     try:
-        for start_i in range(0, len(todo), chunk):
+        for group in mine:
             if stop_after is not None and done_images >= stop_after:
-                return InpaintSummary(len(indices), n_versions, done_images, done_versions,
-                                      len(indices) - len(todo), 0, time.perf_counter() - start)
-            group = todo[start_i:start_i + chunk]
+                return InpaintSummary(len(indices), n_versions, done_images, done_versions, skipped, 0,
+                                      time.perf_counter() - start, shard.world_size)
             if stop_after is not None:
                 group = group[:stop_after - done_images]
-            jobs_img, jobs_mask, jobs_dest = [], [], []
-            for img, plan in group:
-                image = load_image(img.path)
-                if image.shape[:2] != (img.height, img.width):
-                    raise SpotdiffError(f"{img.path}: size {image.shape[1]}x{image.shape[0]} differs from "
-                                        f"instances.json ({img.width}x{img.height}); regenerate the source")
-                if not writer.original_path(img.idx).is_file():
-                    writer.write_original(img.idx, image)
-                masks = annotation_masks(img.annotations, img.height, img.width)
-                n = len(img.annotations)
-                for removed in plan:
-                    dest = writer.inpainted_path(img.idx, removed, n)
-                    if dest.is_file():
-                        continue
-                    hole = dilate(masks[sorted(removed)].any(axis=0), params.dilate_px)
-                    jobs_img.append(image)
-                    jobs_mask.append(hole)
-                    jobs_dest.append(dest)
-            results = inpainter.inpaint(jobs_img, jobs_mask) if jobs_img else []
-            for dest, result in zip(jobs_dest, results):
-                write_png(dest, result)
-            done_versions += len(results)
-            for img, _plan in group:  # metadata last: it marks the image complete
-                writer.write_metadata(img.idx, img.annotations)
+            done_versions += _inpaint_chunk(group, writer, inpainter, params)
             done_images += len(group)
             bar.update(len(group))
     finally:
         bar.close()
 
-    stale = _remove_stale(out, expected)
-    writer.write_index(indices)
-    return InpaintSummary(len(indices), n_versions, done_images, done_versions,
-                          len(indices) - len(todo), stale, time.perf_counter() - start)
+    counts = shard.gather((done_images, done_versions, skipped))  # also: every process has finished
+    stale = 0
+    if shard.is_main:
+        assert counts is not None
+        done_images, done_versions, skipped = (sum(c[k] for c in counts) for k in range(3))
+        stale = _remove_stale(out, expected)
+        writer.write_index(indices)
+    return InpaintSummary(len(indices), n_versions, done_images, done_versions, skipped, stale,
+                          time.perf_counter() - start, shard.world_size)
 
 
 __all__ = ["Inpainter", "OpenCVInpainter", "LamaInpainter", "make_inpainter", "plan_removals", "dilate",

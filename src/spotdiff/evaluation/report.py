@@ -112,9 +112,10 @@ def write_report(results: Sequence[SetResult], metrics: dict, detectors: Mapping
     return "\n".join(lines)
 
 
-def timings(results: Sequence[SetResult], methods: Sequence[str], total_s: float, device: str) -> dict:
+def timings(results: Sequence[SetResult], methods: Sequence[str], total_s: float, device: str,
+            processes: int = 1) -> dict:
     """`timings.json`: per set the pairs, reading seconds and each method's detection seconds (total and
-    per pair), plus the stage's total and the device."""
+    per pair, summed over the processes), plus the stage's wall total, the device and the processes."""
     sets = {}
     for r in results:
         sets[r.name] = {
@@ -122,8 +123,9 @@ def timings(results: Sequence[SetResult], methods: Sequence[str], total_s: float
             "read_s": round(r.read_seconds, 4),
             "detect_s": {m: round(r.seconds[m], 4) for m in methods},
             "s_per_pair": {m: round(r.seconds[m] / max(r.pairs, 1), 4) for m in methods},
+            "resumed_pairs": r.resumed_pairs,
         }
-    return {"total_s": round(total_s, 3), "device": device, "sets": sets}
+    return {"total_s": round(total_s, 3), "device": device, "processes": processes, "sets": sets}
 
 
 def time_metrics(results: Sequence[SetResult], methods: Sequence[str], total_s: float) -> dict[str, float]:

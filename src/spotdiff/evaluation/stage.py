@@ -24,11 +24,21 @@ Outputs under `out` (each file written atomically; `plots/` and `samples/` swapp
 The metrics (flattened, "/"-separated names) and the times (`eval_time/...`), the report, the
 pictures, the CSVs and timings.json are logged to the training run named by `mlflow_run_id` in the
 training summary (rank 0 only); a summary without one is skipped with a warning.
+
+Scale-out and resuming (docs/SCALE-OUT.md): the pairs of each set are cut into batches of
+`evaluate.batch_size` in order; every finished batch's boxes are saved under `out/.evaluate-parts/`
+(with a fingerprint of the weights, the settings and the sets: a mismatch discards them), so a killed
+run redoes only the missing batches. Inside a `torch.distributed` launch (`evaluate.devices` > 1, or
+torchrun) batch b is run by rank b % WORLD_SIZE, rank 0 gathers them in order and scores once: the
+same files as one process. The part folder is deleted when the outputs are written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +46,7 @@ from typing import Callable
 
 from spotdiff import tracking
 from spotdiff.data.testsets import open_testset
+from spotdiff.distributed import Shard, joined
 from spotdiff.errors import SpotdiffError
 from spotdiff.evaluation.mlflow_log import check_run, log_to_mlflow, mlflow_run_id
 from spotdiff.evaluation.plots import plot_curves, write_curve_csvs
@@ -47,6 +58,11 @@ from spotdiff.fsutil import atomic_dir, removed_if_failed, write_json_atomic, wr
 from spotdiff.metricsfile import flatten_metrics  # the register stage reads metrics.json the same way
 from spotdiff.params import Params
 
+# Part files of the batches done so far (one .npz per batch, per test set), so a killed run resumes;
+# deleted once the outputs are written.
+PARTS_DIR = ".evaluate-parts"
+PARTS_FORMAT = "spotdiff-evaluate-parts/1"
+
 
 def check_outputs(out: Path) -> None:
     if out.exists() and not out.is_dir():
@@ -57,7 +73,52 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
                    echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict:
     """Run the stage; return the metrics dict. `model`: checkpoint path or MLflow reference (for the
     methods that need one); `train_info=None` = no MLflow logging; `echo` / `warn` print progress /
-    warning lines (default: stdout / stderr)."""
+    warning lines (default: stdout / stderr). Inside a `torch.distributed` launch every process runs
+    its share of the batches and rank 0 does the rest (other ranks return {})."""
+    with joined() as shard:
+        return _run_evaluation(params, model, train_info, testsets_dir, out, echo, warn, shard)
+
+
+def _fingerprint(params: Params, detectors: dict, rows: list, readers: list) -> dict:
+    """What the part files depend on: the models' weights, the settings that change boxes, the sets."""
+    import torch
+
+    cfg = params.evaluate.model_dump(exclude={"samples_to_draw", "draw_top_k", "num_workers", "devices",
+                                              "num_nodes"})
+    weights = {}
+    for name, det in detectors.items():
+        model = getattr(det, "model", None)
+        if model is not None:
+            digest = hashlib.sha256()
+            for key, tensor in model.state_dict().items():  # (as float64: numpy has no bfloat16)
+                digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().to(torch.float64).numpy().tobytes())
+            weights[name] = digest.hexdigest()
+    sets = {}
+    for (_, _, name, path), reader in zip(rows, readers):
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        sets[name] = {"pairs": len(reader), "files": [[p.relative_to(path).as_posix(), p.stat().st_size,
+                                                        p.stat().st_mtime_ns] for p in files]}
+    return {"format": PARTS_FORMAT, "evaluate": cfg, "ssim": params.ssim.model_dump(mode="json"),
+            "settings": {n: d.settings() for n, d in detectors.items()}, "weights": weights, "sets": sets}
+
+
+def _prepare_parts(parts: Path, fingerprint: dict) -> None:
+    """Keep the part files of a killed run only when made from the same weights, settings and sets."""
+    run_file = parts / "run.json"
+    try:
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+    except ValueError:
+        previous = None
+    if previous != json.loads(json.dumps(fingerprint)):
+        shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_file, fingerprint)
+
+
+def _run_evaluation(params: Params, model: Path | str, train_info: Path | None, testsets_dir: Path,
+                    out: Path, echo: Callable[[str], None], warn: Callable[[str], None] | None,
+                    shard: Shard) -> dict:
     import torch
 
     cfg = params.evaluate
@@ -68,10 +129,16 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
     if warn is None:
         def warn(line: str) -> None:
             print(line, file=sys.stderr)
-    run_id = mlflow_run_id(train_info, warn, model) if tracking.is_rank_zero() else None
+    run_id = mlflow_run_id(train_info, warn, model) if shard.is_main and tracking.is_rank_zero() else None
     if run_id:
         check_run(params, run_id, train_info)  # type: ignore[arg-type]
+    parts = out / PARTS_DIR
+    if not shard.is_main:
+        shard.barrier()  # rank 0 builds first: a model export to the engine's cache happens once
     detectors = build_detectors(params, model)
+    if shard.is_main:
+        _prepare_parts(parts, _fingerprint(params, detectors, rows, readers))
+        shard.barrier()
     methods = list(detectors)
     titles = {m: d.title for m, d in detectors.items()}
 
@@ -82,7 +149,9 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
         per_testset_samples[row[0]] = per_testset_samples.get(row[0], 0) + 1
     for row, reader in zip(rows, readers):
         n = math.ceil(cfg.samples_to_draw / per_testset_samples[row[0]])
-        results.append(run_set(reader, row, detectors, params, n))
+        results.append(run_set(reader, row, detectors, params, n, shard, parts / row[2]))
+    if not shard.is_main:
+        return {}
     metrics, curves = compute_metrics(results, methods, cfg.iou_threshold, cfg.max_boxes)
     total = time.perf_counter() - start
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,7 +167,8 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
         plot_curves(out / "pr_curves.png", curves, metrics, standin, titles)
         write_text_atomic(out / "report.md", report)
         write_json_atomic(out / "metrics.json", metrics)
-        write_json_atomic(out / TIMINGS_FILE, timings(results, methods, total, device))
+        write_json_atomic(out / TIMINGS_FILE, timings(results, methods, total, device, shard.world_size))
+    shutil.rmtree(parts, ignore_errors=True)  # the outputs are complete: nothing left to resume
 
     for r in results:
         secs = ", ".join(f"{m} {r.seconds[m]:.1f} s" for m in methods)
