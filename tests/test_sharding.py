@@ -361,6 +361,25 @@ def test_several_nodes_need_the_rendezvous_env(inpaint_case, tmp_path, monkeypat
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+def test_more_processes_than_this_machine_has_is_one_line(inpaint_case, tmp_path, monkeypatch, capsys):
+    """`inpaint.devices: 64` on a 2-core machine without a GPU would start 64 torch processes that
+    wait on each other; it is refused before torchrun starts anything."""
+    import torch
+
+    root, source, _ = inpaint_case
+    have = torch.cuda.device_count() if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    raw = json.loads(json.dumps(INPAINT_PARAMS))
+    raw["inpaint"]["devices"] = have + 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = main(["inpaint", "--params", str(tmp_path / "params.yaml"), "--source", str(source),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"inpaint.devices is {have + 1}" in err and f"at most {have}" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_number_of_processes_is_not_in_the_inpaint_run_file(inpaint_case):
     """`.inpaint-run.json` (a DVC output) is the same for any number of processes, and the same as
     before the scale-out params existed: params without batch_size, device, devices, num_nodes."""

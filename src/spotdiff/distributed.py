@@ -145,12 +145,29 @@ def wants_launch(devices: int, num_nodes: int) -> bool:
     return devices * num_nodes > 1 and "WORLD_SIZE" not in os.environ
 
 
+def _check_devices(stage: str, devices: int) -> None:
+    """More processes per node than this node has GPUs (or CPUs, without a GPU) only wait on each
+    other: one line instead."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    have, unit = (gpus, "CUDA GPU(s)") if gpus else (cpus, "CPU(s)")
+    if devices > have:
+        raise SpotdiffError(f"params: {stage}.devices is {devices} but this machine has {have} {unit} "
+                            f"for it; set {stage}.devices to at most {have}")
+
+
 def launch(stage: str, args: list[str], devices: int, num_nodes: int) -> None:
     """Run `spotdiff <args>` as `devices` processes on this node (one of `num_nodes`) through torchrun
     and wait; SpotdiffError when a process failed (its own message is printed above)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    _check_devices(stage, devices)
     argv = [f"--nproc_per_node={devices}", f"--nnodes={num_nodes}", "--max_restarts=0"]
     if num_nodes == 1:
         argv.append("--standalone")

@@ -300,8 +300,8 @@ class InpaintParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
     # process inpainting its share of the images (one GPU each); the same files as one process.
-    devices: StrictInt = Field(1, ge=1)
-    num_nodes: StrictInt = Field(1, ge=1)
+    devices: StrictInt = Field(1, ge=1, le=1024)
+    num_nodes: StrictInt = Field(1, ge=1, le=1024)
 
 
 class AugmentParams(_Section):
@@ -549,8 +549,8 @@ class EvaluateParams(_Section):
     engine: Literal["auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"] = "auto"
     # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
     # process running its share of the batches (one GPU each); rank 0 scores: the same files.
-    devices: StrictInt = Field(1, ge=1)
-    num_nodes: StrictInt = Field(1, ge=1)
+    devices: StrictInt = Field(1, ge=1, le=1024)
+    num_nodes: StrictInt = Field(1, ge=1, le=1024)
 
     @field_validator("methods", mode="before")
     @classmethod
