@@ -70,7 +70,7 @@ def run_evaluation(params: Params, model: Path | str, train_info: Path | None, t
             print(line, file=sys.stderr)
     run_id = mlflow_run_id(train_info, warn, model) if tracking.is_rank_zero() else None
     if run_id:
-        check_run(params, run_id, train_info)  # type: ignore[arg-type]
+        run_id = check_run(params, run_id, train_info, warn, model)  # type: ignore[arg-type]
     detectors = build_detectors(params, model)
     methods = list(detectors)
     titles = {m: d.title for m, d in detectors.items()}
