@@ -193,8 +193,8 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     mlflow.set_tracking_uri(uri)  # (MLflow also exports it as MLFLOW_TRACKING_URI to subprocesses)
     section = _mlflow_section(params)
     name = getattr(section, "experiment", "") or "spotdiff"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # (opens a SQLite store: may be locked)
         exp = client.get_experiment_by_name(name)
         if exp is None:
             exp_id = client.create_experiment(name, artifact_location=artifact_location(params, root))
@@ -205,6 +205,10 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     except SpotdiffError:
         raise
     except Exception as exc:  # connection refused, bad URI, locked DB, …
+        if any(w in str(exc).lower() for w in LOCK_WORDS):
+            raise SpotdiffError(
+                f"MLflow store {redact_uri(uri)} is locked by another process; nothing was changed — wait "
+                "for the other process (or close it) and rerun") from None
         raise SpotdiffError(
             f"MLflow tracking store {redact_uri(uri)}: cannot open it ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); check MLFLOW_TRACKING_URI / "
@@ -319,3 +323,31 @@ def sweep_dead_runs(client: Any, experiment_id: str) -> list[str]:
         client.set_terminated(run.info.run_id, status="KILLED")
         swept.append(run.info.run_id)
     return swept
+
+
+@contextmanager
+def registry_lock(uri: str, wait_s: float = 600.0) -> Iterator[None]:
+    """One registration at a time per local store (a file lock beside the SQLite file), so two
+    `register` runs of the same model make one version; servers serialise nothing here."""
+    local = local_store_path(uri)
+    if local is None or not local.parent.is_dir():
+        yield
+        return
+    import fcntl
+    import time
+
+    with open(local.parent / ".spotdiff-register.lock", "w") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SpotdiffError(f"MLflow store {redact_uri(uri)}: another registration has held it "
+                                        f"for {wait_s:.0f} s; wait for it to finish and rerun") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -37,6 +37,7 @@ from spotdiff.tracking import (
     portable_uri,
     recorded_run,
     redact_uri,
+    registry_lock,
     setup_mlflow,
     store_errors,
 )
@@ -108,7 +109,7 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
             mlflow.set_tag("spotdiff.model_md5", md5)
         return started.info.run_id
 
-    with store_errors(uri, "registering the model"):
+    with registry_lock(uri), store_errors(uri, "registering the model"):
         run_id = training_run(run_info, md5, client, uri, exp_id, warn)
         result = register_version(params, model, run_id, values, root, file_md5=md5, make_run=new_run)
     if result["decision"] == "unchanged":
