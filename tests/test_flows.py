@@ -231,6 +231,7 @@ def project_copy(tmp_path: Path, monkeypatch) -> Path:
     reset_mlflow()
 
 
+@pytest.mark.slow
 def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, project_copy: Path):
     import mlflow
     from prefect.artifacts import Artifact
