@@ -220,6 +220,11 @@ def run_experiment(repo: str, name: str, overrides: dict[str, Any], stages: list
 def repro_stage(stage: str, repo: str, force: bool = False) -> dict:
     """Run `dvc repro <stage>` in `repo` (upstream stale stages run too); stream its output to the log."""
     logger = get_run_logger()
+    from spotdiff.dvclocks import repair_rwlock
+
+    repaired = repair_rwlock(repo)  # a dvc killed mid-write leaves its lock file unreadable
+    if repaired:
+        logger.warning(repaired)
     cmd = [sys.executable, "-m", "dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
     logger.info("%s (in %s)", " ".join(["dvc"] + cmd[3:]), repo)
     rc, tail, seconds = _stream(cmd, repo, stage)

@@ -25,9 +25,22 @@ def dvc(args: list[str], cwd: Path, check: bool = True, **env: str) -> subproces
     return run([str(VENV_BIN / "dvc"), *args], cwd, check=check, **env)
 
 
+def merged_params(params: dict) -> dict:
+    """This repository's params.yaml with `params` merged over it, section by section (DVC wants
+    every key a stage names to be in the file)."""
+    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in params.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return base
+
+
 def make_project(root: Path, stages: list[str], params: dict) -> Path:
     """`root` as a git + DVC repository holding `stages` of dvc.yaml (plus `check_params`, which every
-    stage depends on), this repository's `src/` and `params.yaml` = `params`; everything committed."""
+    stage depends on), this repository's `src/` and its `params.yaml` with `params` merged over it;
+    everything committed."""
     root.mkdir(parents=True, exist_ok=True)
     all_stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     wanted = ["check_params"] + [s for s in stages if s != "check_params"]
@@ -36,7 +49,7 @@ def make_project(root: Path, stages: list[str], params: dict) -> Path:
     shutil.copytree(REPO_ROOT / "src", root / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO_ROOT / "params.ok", root / "params.ok")
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(merged_params(params), sort_keys=False))
     (root / ".gitignore").write_text("/mlruns/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "t@example.com"], root)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.dvc_project import dvc, dvc_md5s, make_project
+from helpers.dvc_project import dvc, dvc_md5s, make_project, merged_params
 from helpers.env import SPOTDIFF, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("telemetry_off")
@@ -57,7 +57,7 @@ def test_a_bad_param_through_dvc_repro_keeps_the_previous_outputs(tmp_path: Path
 
     # A bad value in the very section the stage reads: without check_params DVC would delete
     # data/testsets before `spotdiff testsets` rejected it.
-    (repo / "params.yaml").write_text(yaml.safe_dump({"testsets": {"pairs_per_set": 0, "image_size": 64}}))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged_params({"testsets": {"pairs_per_set": 0, "image_size": 64}})))
     failed = dvc(["repro"], repo, check=False)
     assert failed.returncode != 0
     assert "testsets.pairs_per_set" in failed.stdout + failed.stderr
@@ -67,6 +67,6 @@ def test_a_bad_param_through_dvc_repro_keeps_the_previous_outputs(tmp_path: Path
     assert dvc_md5s(repo) == md5s  # dvc.lock untouched
 
     # Fixed: only check_params reruns (its output has the same bytes), nothing else is stale.
-    (repo / "params.yaml").write_text(yaml.safe_dump(TINY_TESTSETS))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged_params(TINY_TESTSETS)))
     again = dvc(["repro"], repo)
     assert "Running stage 'testsets'" not in again.stdout, again.stdout

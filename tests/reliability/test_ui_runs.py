@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from flows import pipeline  # noqa: E402
+
 from test_flows import _sh, toy_repo  # noqa: E402,F401  (the toy DVC project fixture)
 
 pytestmark = pytest.mark.usefixtures("telemetry_off")
