@@ -39,7 +39,8 @@ from typing import Any, Iterator, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-STAGES: tuple[str, ...] = ("check_params", "data", "inpaint", "pairs", "train", "testsets", "evaluate", "register")
+STAGES: tuple[str, ...] = ("check_params", "data", "inpaint", "pairs", "train", "testsets", "evaluate",
+                           "register")
 # Stages that touch the network (or flaky mounts) get retries; the others fail fast.
 RETRIES: dict[str, int] = {"data": 3, "testsets": 2}
 ARTIFACT_KEY = "spotdiff-eval"
@@ -162,7 +163,8 @@ def _stage_env() -> dict[str, str]:
 # ---------------------------------------------------------------- tasks
 
 
-def _stream(cmd: list[str], repo: str, label: str, env: Optional[dict[str, str]] = None) -> tuple[int, list[str], float]:
+def _stream(cmd: list[str], repo: str, label: str,
+            env: Optional[dict[str, str]] = None) -> tuple[int, list[str], float]:
     """Run `cmd` in `repo`, its output streamed to the flow log; (exit code, last 40 lines, seconds)."""
     logger = get_run_logger()
     t0 = time.monotonic()

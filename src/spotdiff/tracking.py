@@ -281,7 +281,8 @@ def store_errors(uri: str, action: str) -> Iterator[None]:
 PID_TAG, HOST_TAG = "spotdiff.pid", "spotdiff.host"
 # env set by `dvc exp run` -> the MLflow tag linking a run to its DVC experiment
 # and, for a run of the Prefect flow, its MLflow run as the parent (flows/pipeline.py sets the variable)
-DVC_EXP_TAGS = {"DVC_EXP_NAME": "spotdiff.dvc_experiment", "DVC_EXP_BASELINE_REV": "spotdiff.dvc_baseline_rev",
+DVC_EXP_TAGS = {"DVC_EXP_NAME": "spotdiff.dvc_experiment",
+                "DVC_EXP_BASELINE_REV": "spotdiff.dvc_baseline_rev",
                 "SPOTDIFF_PARENT_RUN_ID": "mlflow.parentRunId"}
 
 

@@ -57,7 +57,8 @@ def test_a_bad_param_through_dvc_repro_keeps_the_previous_outputs(tmp_path: Path
 
     # A bad value in the very section the stage reads: without check_params DVC would delete
     # data/testsets before `spotdiff testsets` rejected it.
-    (repo / "params.yaml").write_text(yaml.safe_dump(merged_params({"testsets": {"pairs_per_set": 0, "image_size": 64}})))
+    bad = merged_params({"testsets": {"pairs_per_set": 0, "image_size": 64}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(bad))
     failed = dvc(["repro"], repo, check=False)
     assert failed.returncode != 0
     assert "testsets.pairs_per_set" in failed.stdout + failed.stderr

@@ -88,7 +88,8 @@ def test_a_train_only_run_does_not_publish_the_previous_models_ap(prefect_api, c
     repo = committed_toy
     pipeline.spotdiff_pipeline(stages=["evaluate"], repo=str(repo), retry_delay_seconds=0)
     assert "| cyws | 0.100 |" in Artifact.get(pipeline.ARTIFACT_KEY).data
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("max_epochs: 1", "max_epochs: 2"))
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("max_epochs: 1", "max_epochs: 2"))
     pipeline.spotdiff_pipeline(stages=["train"], repo=str(repo), retry_delay_seconds=0)
     md = Artifact.get(pipeline.ARTIFACT_KEY).data
     assert "0.100" not in md and "Stale" in md  # the old model's AP is not shown beside the new run

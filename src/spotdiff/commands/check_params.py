@@ -10,7 +10,7 @@ import typer
 
 def check_params(
     params: Path = typer.Option(Path("params.yaml"), help="params file to validate (every section)"),
-    out: Optional[Path] = typer.Option(None, help="write this marker file when valid (the DVC stage's output)"),
+    out: Optional[Path] = typer.Option(None, help="write this marker file when valid (the DVC stage's out)"),
 ) -> None:
     """Validate every section of the params file; a bad value is one line and exit 2, nothing touched."""
     from spotdiff.stages import check_params as stage

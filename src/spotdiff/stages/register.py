@@ -43,6 +43,7 @@ from spotdiff.tracking import (
 )
 
 RECORD = "registration.json"
+FALLBACK = "the model is logged into the run tagged with its md5, else a new MLflow run"
 
 
 def _metric_path_exists(obj: Any, path: str) -> bool:
@@ -72,8 +73,8 @@ def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri:
     """The MLflow run that trained this model, per `train_run.json`; else the latest run of the
     experiment tagged with the model's md5 (evaluate makes one when the training run is not in this
     store, e.g. after a clone + `dvc pull`); None when there is none to trust."""
-    run_id = recorded_run(run_info_path, model_md5, "the model is logged into the run tagged with its md5, else a new MLflow run",
-                          "rerun the train stage (dvc repro -f train)", warn)
+    run_id = recorded_run(run_info_path, model_md5, FALLBACK, "rerun the train stage (dvc repro -f train)",
+                          warn)
     if run_id is not None:
         try:
             client.get_run(run_id)
@@ -81,7 +82,7 @@ def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri:
         except MlflowException:
             warn(f"warning: {run_info_path}: MLflow run {run_id} is not in the tracking store "
                  f"{redact_uri(uri)} (a clone? set MLFLOW_TRACKING_URI to the store the train stage "
-                 "used to log there); the model is logged into the run tagged with its md5, else a new MLflow run")
+                 f"used to log there); {FALLBACK}")
     found = client.search_runs([exp_id], filter_string=f"tags.`spotdiff.model_md5` = '{model_md5}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     return found[0].info.run_id if found else None
