@@ -33,6 +33,7 @@ browser:
 
 ## Command one: reproduce the whole DVC pipeline on the embedded default and say where results are.
 run: install
+	@$(BIN)/spotdiff dvc-unlock
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
@@ -52,6 +53,7 @@ bench: install
 ## CI's retraining rule: when dvc.lock no longer matches params/code, reproduce the pipeline on the
 ## embedded default and fail if the primary AP falls below register.ap_floor.
 retrain-if-stale: install
+	@$(BIN)/spotdiff dvc-unlock
 	@if $(BIN)/spotdiff lock-status; then :; else \
 	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro && $(BIN)/spotdiff check-floor; fi
 

@@ -1,13 +1,21 @@
 """Prefect 3 flow `spotdiff-pipeline`: the DVC stages in order, one task per stage, and a report.
 
-Each task runs `dvc repro <stage>` in the repository (DVC decides what is stale, records params and
-hashes in dvc.lock, and skips what is up to date); tasks run one after another, never concurrently,
-and a file lock keeps two flow runs from sharing one workspace. `data` (downloads) and `testsets`
-are retried. Parameter overrides (`{"train.max_epochs": 2}`) are written into params.yaml with a
-comment-preserving YAML round-trip and validated before any stage runs, so the run is versioned the
-DVC way: dvc.lock records the values each stage used; commit params.yaml + dvc.lock (and `dvc push`)
-to keep it. At the end a markdown artifact (key `spotdiff-eval`) shows eval/report.md's AP table, the
-MLflow run and the registry decision.
+Without overrides each task runs `dvc repro <stage>` in the repository (DVC decides what is stale,
+records params and hashes in dvc.lock, and skips what is up to date); tasks run one after another,
+never concurrently, and a file lock keeps two flow runs from sharing one workspace. `data`
+(downloads) and `testsets` are retried.
+
+With parameter overrides (`{"train.max_epochs": 2}`, e.g. from the Prefect UI) the shared working
+tree is left as it was: the overrides are validated, then run as a DVC experiment in its own
+temporary copy (`dvc exp run --temp --name ui-… -S key=value`), which DVC records as an experiment
+commit (`dvc exp show`, `dvc exp apply ui-…` to take it). The flow opens an MLflow run for it and
+links both ways: the experiment's name and commit are tags of the MLflow run (and the train stage's
+run is its child, tagged with the experiment name); the MLflow run id is in the experiment commit's
+message. A second run never inherits the first's overrides: each starts from params.yaml as committed.
+
+At the end a markdown artifact (key `spotdiff-eval`) shows what this run produced: eval/report.md's
+AP table (only when this run evaluated the current model; a report made for an earlier model is
+marked stale, never shown next to a new run id), the MLflow run and the registry decision.
 
     python flows/pipeline.py run [--set train.max_epochs=2 ...] [--stages data,inpaint]
     python flows/pipeline.py serve        # deployment 'spotdiff-pipeline/spotdiff' for UI-triggered runs
@@ -31,10 +39,12 @@ from typing import Any, Iterator, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-STAGES: tuple[str, ...] = ("data", "inpaint", "pairs", "train", "testsets", "evaluate", "register")
+STAGES: tuple[str, ...] = ("check_params", "data", "inpaint", "pairs", "train", "testsets", "evaluate",
+                           "register")
 # Stages that touch the network (or flaky mounts) get retries; the others fail fast.
 RETRIES: dict[str, int] = {"data": 3, "testsets": 2}
 ARTIFACT_KEY = "spotdiff-eval"
+PARENT_RUN_ENV = "SPOTDIFF_PARENT_RUN_ID"  # the flow's MLflow run: the train stage's run is its child
 LOCK_NAME = "spotdiff-pipeline.lock"
 
 
@@ -65,8 +75,10 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def apply_overrides(params_path: Path, overrides: Optional[dict[str, Any]]) -> dict[str, list]:
-    """Write dotted-key overrides into params.yaml (comments kept), after validating the result.
+def apply_overrides(params_path: Path, overrides: Optional[dict[str, Any]], write: bool = True
+                    ) -> dict[str, list]:
+    """Validate dotted-key overrides of params.yaml (the whole result, every section); with `write`,
+    write them into the file (comments kept). `write=False` only checks (the flow's experiments).
 
     Returns {key: [old, new]} for the keys that changed. An invalid result leaves the file untouched.
     """
@@ -104,6 +116,8 @@ def apply_overrides(params_path: Path, overrides: Optional[dict[str, Any]]) -> d
     rt.dump(doc, buf)
     text = buf.getvalue()
     params_from_dict(yaml.safe_load(text) or {})  # raises SpotdiffError naming the bad key
+    if not write:
+        return changed
     tmp = params_path.with_name(f".{params_path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, params_path)
@@ -149,24 +163,73 @@ def _stage_env() -> dict[str, str]:
 # ---------------------------------------------------------------- tasks
 
 
-@task(name="dvc-repro", task_run_name="dvc repro {stage}")
-def repro_stage(stage: str, repo: str, force: bool = False) -> dict:
-    """Run `dvc repro <stage>` in `repo` (upstream stale stages run too); stream its output to the log."""
+def _stream(cmd: list[str], repo: str, label: str,
+            env: Optional[dict[str, str]] = None) -> tuple[int, list[str], float]:
+    """Run `cmd` in `repo`, its output streamed to the flow log; (exit code, last 40 lines, seconds)."""
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
-    logger.info("%s (in %s)", " ".join(["dvc"] + cmd[3:]), repo)
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(cmd, cwd=repo, env=_stage_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=repo, env=env or _stage_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
         tail.append(line)
         if line.strip():
-            logger.info("[%s] %s", stage, line)
-    rc = proc.wait()
-    seconds = round(time.monotonic() - t0, 2)
+            logger.info("[%s] %s", label, line)
+    return proc.wait(), list(tail), round(time.monotonic() - t0, 2)
+
+
+def _dvc_value(value: Any) -> str:
+    """A value for `dvc exp run -S key=VALUE` (DVC reads it as YAML): JSON for all but plain strings."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def experiment_rev(repo: Path, name: str) -> Optional[str]:
+    """The commit of DVC experiment `name` (its ref `refs/exps/.../<name>`), None when there is none."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
+                         cwd=repo, capture_output=True, text=True)
+    revs = [line.split()[1] for line in out.stdout.splitlines()
+            if line.split() and line.split()[0].rsplit("/", 1)[-1] == name]
+    return revs[-1] if revs else None
+
+
+@task(name="dvc-exp-run", task_run_name="dvc exp run --temp {name}")
+def run_experiment(repo: str, name: str, overrides: dict[str, Any], stages: list[str],
+                   mlflow_run_id: Optional[str]) -> dict:
+    """`dvc exp run --temp --name NAME -S k=v … [stages]`: the overrides applied in DVC's own copy of
+    the repository, the shared working tree untouched; returns {"name", "rev", "seconds"}."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name,
+           "-m", f"spotdiff flow run {name}: MLflow run {mlflow_run_id or 'none'}"]
+    for key, value in overrides.items():
+        cmd += ["-S", f"{key}={_dvc_value(value)}"]
+    cmd += [s for s in stages if s != "check_params"]
+    env = _stage_env()
+    if mlflow_run_id:
+        env[PARENT_RUN_ENV] = mlflow_run_id
+    get_run_logger().info("%s (in %s)", " ".join(["dvc"] + cmd[3:]), repo)
+    rc, tail, seconds = _stream(cmd, repo, name, env)
+    if rc != 0:
+        raise PipelineError(f"experiment {name}: `dvc exp run` exited {rc} after {seconds} s; "
+                            "last output:\n" + "\n".join(tail))
+    rev = experiment_rev(Path(repo), name)
+    if rev is None:
+        raise PipelineError(f"experiment {name}: `dvc exp run` finished but no experiment ref was made")
+    return {"name": name, "rev": rev, "seconds": seconds}
+
+
+@task(name="dvc-repro", task_run_name="dvc repro {stage}")
+def repro_stage(stage: str, repo: str, force: bool = False) -> dict:
+    """Run `dvc repro <stage>` in `repo` (upstream stale stages run too); stream its output to the log."""
+    logger = get_run_logger()
+    from spotdiff.dvclocks import repair_rwlock
+
+    repaired = repair_rwlock(repo)  # a dvc killed mid-write leaves its lock file unreadable
+    if repaired:
+        logger.warning(repaired)
+    cmd = [sys.executable, "-m", "dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
+    logger.info("%s (in %s)", " ".join(["dvc"] + cmd[3:]), repo)
+    rc, tail, seconds = _stream(cmd, repo, stage)
     if rc != 0:
         raise PipelineError(f"stage {stage}: `dvc repro {stage}` exited {rc} after {seconds} s; "
                             "last output:\n" + "\n".join(tail))
@@ -221,37 +284,87 @@ def _mlflow_section(repo: Path, train_info: dict) -> str:
     return line
 
 
+def stale_stages(repo: Path) -> set[str]:
+    """Stages `dvc status` reports as changed (their outputs no longer match their deps/params)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True,
+                         text=True, env=_stage_env())
+    try:
+        return set(json.loads(out.stdout or "{}"))
+    except json.JSONDecodeError:
+        return set()
+
+
+def _evaluated(results: list[dict], experiment: Optional[dict], stale: set[str]) -> bool:
+    """Whether the report describes the model this run left: evaluate (or register, downstream of it)
+    was among the targets and is up to date."""
+    if experiment is not None:
+        targets = experiment.get("targets") or []
+        return not targets or bool({"evaluate", "register"} & set(targets))
+    ran = {r["stage"] for r in results}
+    return "evaluate" not in stale and bool({"evaluate", "register"} & ran)
+
+
+def _read(root: Path, rel: str, rev: Optional[str]) -> Optional[str]:
+    """`rel` in the working tree, or in commit `rev` (an experiment's); None when absent."""
+    if rev is None:
+        path = root / rel
+        return path.read_text() if path.is_file() else None
+    try:  # a file in git or, as a DVC output, in the cache; as the experiment commit records it
+        import dvc.api
+
+        return dvc.api.read(rel, repo=str(root), rev=rev)
+    except Exception:  # absent in that commit (or its cache)
+        return None
+
+
 @task(name="publish-report")
 def publish_report(repo: str, results: list[dict], overrides: dict, report: str, train_info: str,
-                   registration: str) -> str:
-    """Markdown artifact `spotdiff-eval`: AP tables, MLflow run, registry decision, stage timings."""
+                   registration: str, experiment: Optional[dict] = None,
+                   mlflow_run: Optional[dict] = None) -> str:
+    """Markdown artifact `spotdiff-eval`: what this run produced — AP tables, MLflow run, registry
+    decision, stage timings. A report or record made for an earlier model is marked stale, not shown."""
     root = Path(repo)
+    rev = experiment["rev"] if experiment else None
+    stale = set() if experiment else stale_stages(root)
     parts = ["# spotdiff pipeline", ""]
+    if experiment:
+        parts += [f"DVC experiment `{experiment['name']}` (commit `{rev}`), run in its own copy of the "
+                  f"repository: params.yaml in the working tree is unchanged. Take it with "
+                  f"`dvc exp apply {experiment['name']}`.", ""]
     if overrides:
-        parts += ["Params overrides written to params.yaml: " +
+        parts += ["Params overrides (this run only): " +
                   ", ".join(f"`{k}`: {old!r} → {new!r}" for k, (old, new) in overrides.items()), ""]
-    report_path = root / report
-    if report_path.is_file():
-        text = report_path.read_text()
+    text = _read(root, report, rev)
+    parts += ["## Average precision", ""]
+    if text is None:
+        parts += [f"_No {report} (the evaluate stage did not run)._", ""]
+    elif not _evaluated(results, experiment, stale):
+        parts += [f"_Stale: {report} was made for an earlier model and this run did not evaluate the "
+                  "current one; run the evaluate stage. No AP shown._", ""]
+    else:
         tables = _tables(text)
         ap_tables = [t for t in tables if "ap" in t.lower()] or tables
-        parts += ["## Average precision", ""]
         parts += ["\n\n".join(ap_tables) if ap_tables else text[:4000], ""]
-    else:
-        parts += [f"_No {report} (the evaluate stage did not run)._", ""]
-    info_path = root / train_info
     parts += ["## Tracking", ""]
-    if info_path.is_file():
+    if mlflow_run:
+        parts += [f"MLflow run `{mlflow_run['run_id']}` ({mlflow_run['uri']}), tagged "
+                  f"`spotdiff.dvc_experiment={experiment['name'] if experiment else ''}`; the train stage's "
+                  "run is its child.", ""]
+    elif experiment is None:
+        info_text = _read(root, train_info, None)
+        if info_text is None:
+            parts += [f"_No {train_info} (the train stage did not run)._", ""]
+        elif "train" in stale:
+            parts += [f"_Stale: {train_info} describes an earlier model._", ""]
+        else:
+            try:
+                parts += [_mlflow_section(root, json.loads(info_text)), ""]
+            except json.JSONDecodeError:
+                parts += [f"_{train_info} is not valid JSON._", ""]
+    reg_text = _read(root, registration, None) if experiment is None else None
+    if reg_text is not None and "register" not in stale:
         try:
-            parts += [_mlflow_section(root, json.loads(info_path.read_text())), ""]
-        except json.JSONDecodeError:
-            parts += [f"_{train_info} is not valid JSON._", ""]
-    else:
-        parts += [f"_No {train_info} (the train stage did not run)._", ""]
-    reg_path = root / registration
-    if reg_path.is_file():
-        try:
-            reg = json.loads(reg_path.read_text())
+            reg = json.loads(reg_text)
             parts += [f"Registry: `{reg.get('model_name')}` version {reg.get('version')} — "
                       f"**{reg.get('decision')}** ({reg.get('reason')}); aliases: "
                       f"{', '.join(reg.get('aliases', []))}", ""]
@@ -264,6 +377,39 @@ def publish_report(repo: str, results: list[dict], overrides: dict, report: str,
     artifact_id = create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY,
                                            description="spotdiff evaluation (AP@0.5) and model tracking")
     return str(artifact_id)
+
+
+def open_mlflow_run(root: Path, name: str, overrides: dict[str, Any]) -> Optional[dict]:
+    """The flow's MLflow run for experiment `name` (in the project's store), tagged with it and its
+    overrides; None when the store cannot be opened (the experiment still runs, with a warning)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from spotdiff.params import load_params
+        from spotdiff.tracking import redact_uri, setup_mlflow, tracking_uri
+
+        params = load_params(root / "params.yaml")
+        exp_id = setup_mlflow(params, root)
+        uri = tracking_uri(params, root)
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(exp_id, run_name=f"flow {name}", tags={
+            "spotdiff.dvc_experiment": name, "spotdiff.flow": "spotdiff-pipeline",
+            "spotdiff.overrides": json.dumps(overrides, sort_keys=True, default=str)[:5000]})
+        for key, value in overrides.items():
+            client.log_param(run.info.run_id, f"override.{key}", value)
+        return {"run_id": run.info.run_id, "uri": redact_uri(uri), "client": client}
+    except Exception as exc:  # tracking must not stop the run
+        get_run_logger().warning("MLflow: no run opened for %s (%s)", name, exc)
+        return None
+
+
+def close_mlflow_run(run: Optional[dict], experiment: Optional[dict], ok: bool) -> None:
+    if not run:
+        return
+    client = run["client"]
+    if experiment:
+        client.set_tag(run["run_id"], "spotdiff.dvc_experiment_rev", experiment["rev"])
+    client.set_terminated(run["run_id"], status="FINISHED" if ok else "FAILED")
 
 
 # ---------------------------------------------------------------- the flow
@@ -282,8 +428,10 @@ def spotdiff_pipeline(
 ) -> dict:
     """Reproduce the DVC pipeline stage by stage and publish the evaluation as a markdown artifact.
 
-    overrides: dotted params.yaml keys -> values, e.g. {"train.max_epochs": 2} (written into params.yaml).
-    stages: which stages to run, in order (default: all seven); `force` reruns them even if up to date.
+    overrides: dotted params.yaml keys -> values, e.g. {"train.max_epochs": 2}: run as a DVC experiment
+    in a temporary copy (params.yaml is never edited), linked to an MLflow run both ways.
+    stages: which stages to run, in order (default: all); `force` reruns them even if up to date
+    (without overrides).
     """
     root = resolve_repo(repo)
     wanted = list(stages) if stages else list(STAGES)
@@ -291,9 +439,28 @@ def spotdiff_pipeline(
         raise PipelineError("stages: empty list; name at least one stage")
     logger = get_run_logger()
     with workspace_lock(root):
-        changed = apply_overrides(root / "params.yaml", overrides)
-        if changed:
-            logger.info("params.yaml overrides: %s", changed)
+        # checked before anything runs (every section, as `spotdiff check-params` does)
+        changed = apply_overrides(root / "params.yaml", overrides, write=False)
+        if overrides:
+            name = experiment_name()
+            logger.info("overrides %s: run as DVC experiment %s (params.yaml untouched)", changed, name)
+            mlflow_run = open_mlflow_run(root, name, dict(overrides))
+            experiment = None
+            try:
+                experiment = run_experiment(str(root), name, dict(overrides),
+                                            [] if stages is None else wanted,
+                                            mlflow_run["run_id"] if mlflow_run else None)
+            finally:
+                close_mlflow_run(mlflow_run, experiment, experiment is not None)
+            results = [{"stage": "experiment", "seconds": experiment["seconds"], "up_to_date": False}]
+            artifact_id = publish_report(str(root), results, changed, report, train_info, registration,
+                                         experiment={"name": experiment["name"], "rev": experiment["rev"],
+                                                     "targets": [] if stages is None else wanted},
+                                         mlflow_run={k: v for k, v in (mlflow_run or {}).items()
+                                                     if k != "client"} or None)
+            return {"repo": str(root), "stages": results, "overrides": changed, "artifact_id": artifact_id,
+                    "experiment": experiment,
+                    "mlflow_run_id": mlflow_run["run_id"] if mlflow_run else None}
         results = []
         for stage in wanted:
             runner = repro_stage
@@ -305,6 +472,14 @@ def spotdiff_pipeline(
     return {"repo": str(root), "stages": results, "overrides": changed, "artifact_id": artifact_id}
 
 
+def experiment_name() -> str:
+    """`ui-<UTC time>-<4 hex>`: a DVC experiment name (a valid git ref part), unique per flow run."""
+    import datetime as _dt
+    import secrets
+
+    return f"ui-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 
@@ -312,7 +487,7 @@ def _main(argv: list[str]) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the flow now (ephemeral Prefect API unless PREFECT_API_URL is set)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="params.yaml override, e.g. train.max_epochs=2 (repeatable)")
+                     help="param override for this run only (a DVC experiment), e.g. train.max_epochs=2")
     run.add_argument("--stages", default="", help="comma-separated stages (default: all)")
     run.add_argument("--repo", default=None)
     run.add_argument("--force", action="store_true")

@@ -185,16 +185,29 @@ def test_missing_testsets_is_exit_2(tiny_model_file, tmp_path, monkeypatch, caps
     assert not (tmp_path / "eval").exists()
 
 
-def test_unknown_run_is_exit_2(standin_testsets, tiny_model_file, store_dir, capsys):
+def test_unknown_run_warns_and_logs_into_a_new_run(standin_testsets, tiny_model_file, store_dir, mlflow_store,
+                                                  capsys):
+    """A training run this store does not hold (a clone + `dvc pull`: it is in another machine's store)
+    is a warning line, not a stop (F11 item 8): the evaluation is logged into a new run tagged with the
+    model's md5, which `register` then finds."""
+    import mlflow
+
+    from spotdiff.fsutil import file_digest
+
     tmp = store_dir
     params = _params(tmp / "params.yaml", tmp)
     (tmp / "train.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
     code = main(["evaluate", "--params", str(params), "--model", str(tiny_model_file), "--train-info",
                  str(tmp / "train.json"), "--testsets", str(standin_testsets), "--out", str(tmp / "eval")])
-    assert code == 2
-    err = _one_line_error(capsys)
-    assert "0" * 32 in err and "MLFLOW_TRACKING_URI" in err
-    assert not (tmp / "eval").exists()
+    assert code == 0
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "0" * 32 in warnings[0] and "MLFLOW_TRACKING_URI" in warnings[0], err
+    assert (tmp / "eval/metrics.json").is_file()
+    client = mlflow.MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("eval-test").experiment_id],
+                              filter_string=f"tags.`spotdiff.model_md5` = '{file_digest(tiny_model_file)}'")
+    assert len(runs) == 1 and runs[0].data.metrics  # the evaluation went into the new run
 
 
 def test_pooling_and_top_k_match_the_metric():

@@ -1,5 +1,6 @@
 """The Prefect flow `spotdiff-pipeline` on a tiny DVC project: stages in order, retries, params
-overrides written into params.yaml (and recorded in dvc.lock), and the `spotdiff-eval` artifact."""
+overrides run as DVC experiments (params.yaml untouched; tests/reliability/test_ui_runs.py), and the
+`spotdiff-eval` artifact."""
 
 from __future__ import annotations
 
@@ -144,24 +145,23 @@ def test_ap_tables_are_extracted_with_their_heading():
 def test_flow_runs_stages_in_order_with_retry_and_publishes_artifact(prefect_api, toy_repo: Path):
     from prefect.artifacts import Artifact
 
-    result = pipeline.spotdiff_pipeline(overrides={"train.max_epochs": 4},
-                                        stages=["data", "train", "evaluate"], repo=str(toy_repo),
+    params_before = (toy_repo / "params.yaml").read_text()
+    result = pipeline.spotdiff_pipeline(stages=["data", "train", "evaluate"], repo=str(toy_repo),
                                         retry_delay_seconds=0)
     assert [r["stage"] for r in result["stages"]] == ["data", "train", "evaluate"]
     assert (toy_repo / "attempts.txt").read_text() == "2"  # first attempt failed, the retry passed
-    assert result["overrides"] == {"train.max_epochs": [1, 4]}
-    # The override is in params.yaml (comments kept) and dvc.lock records the value the stage used.
-    assert "# epochs" in (toy_repo / "params.yaml").read_text()
+    assert result["overrides"] == {}
+    assert (toy_repo / "params.yaml").read_text() == params_before
     lock = yaml.safe_load((toy_repo / "dvc.lock").read_text())
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train.max_epochs"] == 4
-    assert json.loads((toy_repo / "models/train.json").read_text())["epochs"] == 4
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train.max_epochs"] == 1
+    assert json.loads((toy_repo / "models/train.json").read_text())["epochs"] == 1
     status = _sh([sys.executable, "-m", "dvc", "status"], toy_repo)
     assert "up to date" in status.lower() or status.strip() == "", status
 
     art = Artifact.get(pipeline.ARTIFACT_KEY)
     assert art is not None and art.type == "markdown"
     md = art.data
-    assert "| cyws | 0.400 | 0.250 |" in md  # the AP table, with this run's value
+    assert "| cyws | 0.100 | 0.250 |" in md  # the AP table, with this run's value
     assert "Some words" not in md  # only the tables, not the prose
     assert "0123456789abcdef" in md
     assert "http://127.0.0.1:5999/#/experiments/7/runs/0123456789abcdef" in md
@@ -210,27 +210,33 @@ TINY_OVERRIDES = {
 
 
 @pytest.fixture
-def project_copy(tmp_path: Path, mlflow_store) -> Path:
-    """This repository's pipeline (dvc.yaml, params.yaml, the code it depends on) in a fresh git repo;
-    its stages log to `mlflow_store` (MLFLOW_TRACKING_URI)."""
+def project_copy(tmp_path: Path, monkeypatch) -> Path:
+    """This repository's pipeline (dvc.yaml, params.yaml with TINY_OVERRIDES, the code it depends on)
+    in a fresh git repo; no MLFLOW_TRACKING_URI: its stages use the project's default store,
+    `<repo>/mlruns/mlflow.db`, also from DVC's temporary experiment copies."""
     import shutil
+
+    from helpers.mlflow_store import reset_mlflow, use_repo_store
 
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "params.ok"):
         shutil.copy(REPO_ROOT / name, repo / name)
+    pipeline.apply_overrides(repo / "params.yaml", TINY_OVERRIDES)
+    (repo / ".gitignore").write_text("/mlruns/\n__pycache__/\n")
     shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     _commit_as_dvc_repo(repo)
-    return repo
+    use_repo_store(monkeypatch, repo)
+    yield repo
+    reset_mlflow()
 
 
+@pytest.mark.slow
 def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, project_copy: Path):
-    import os
-
     import mlflow
     from prefect.artifacts import Artifact
 
-    result = pipeline.spotdiff_pipeline(overrides=TINY_OVERRIDES, repo=str(project_copy), retry_delay_seconds=0)
+    result = pipeline.spotdiff_pipeline(repo=str(project_copy), retry_delay_seconds=0)
     assert [r["stage"] for r in result["stages"]] == list(pipeline.STAGES)
     for name in ("data/source/instances.json", "data/pairs/manifest.json", "models/cyws.pt",
                  "eval/metrics.json", "eval/report.md", "registry/registration.json"):
@@ -244,25 +250,41 @@ def test_real_pipeline_runs_every_stage_and_registers_a_champion(prefect_api, pr
         assert edit[0] in params_text
         (project_copy / "params.yaml").write_text(params_text.replace(edit[0], edit[1], 1))
         stale = json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], project_copy))
-        assert list(stale) == [stage], stale
+        assert list(stale) == ["check_params", stage], stale  # (check_params reads the whole file)
     (project_copy / "params.yaml").write_text(params_text)
 
     md = Artifact.get(pipeline.ARTIFACT_KEY).data
     assert "| COCO-Inpainted (stand-in) | **all** |" in md and "SSIM AP@0.5" in md  # the AP table
 
-    # the stages ran with this env; ask the same store explicitly (other tests move mlflow's global URI)
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    # the project's default store; asked explicitly (other tests move mlflow's global URI)
+    store = f"sqlite:///{project_copy / 'mlruns/mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     first = json.loads((project_copy / "registry/registration.json").read_text())
     assert first["decision"] == "promoted"
     assert int(client.get_model_version_by_alias("spotdiff", "champion").version) == first["version"]
 
-    # A second run that does not beat the champion by the margin registers a challenger only.
+    # A second run with overrides (as from the UI) runs as a DVC experiment (`dvc exp run --temp`):
+    # params.yaml and the workspace's outputs stay as they were, its MLflow runs land in the project's
+    # store (not in DVC's temporary folder), and a model that does not beat the champion by the
+    # margin becomes challenger only.
+    params_before = (project_copy / "params.yaml").read_text()
+    model_before = (project_copy / "models/cyws.pt").read_bytes()
     again = pipeline.spotdiff_pipeline(overrides={"train.max_epochs": 2, "register.promote_margin": 0.9},
-                                       stages=["train", "evaluate", "register"], repo=str(project_copy),
-                                       retry_delay_seconds=0)
-    assert [r["stage"] for r in again["stages"]] == ["train", "evaluate", "register"]
-    second = json.loads((project_copy / "registry/registration.json").read_text())
-    assert second["version"] == first["version"] + 1
-    assert second["decision"] != "promoted"
+                                       repo=str(project_copy), retry_delay_seconds=0)
+    assert (project_copy / "params.yaml").read_text() == params_before
+    assert (project_copy / "models/cyws.pt").read_bytes() == model_before
+    name, rev = again["experiment"]["name"], again["experiment"]["rev"]
+    exp_params = yaml.safe_load(_sh(["git", "show", f"{rev}:params.yaml"], project_copy))
+    assert exp_params["train"]["max_epochs"] == 2 and exp_params["register"]["promote_margin"] == 0.9
+    challenger = client.get_model_version_by_alias("spotdiff", "challenger")
+    assert int(challenger.version) == first["version"] + 1
     assert int(client.get_model_version_by_alias("spotdiff", "champion").version) == first["version"]
-    assert int(client.get_model_version_by_alias("spotdiff", "challenger").version) == second["version"]
+    # linked both ways: the experiment commit names the flow's MLflow run; the runs name the experiment
+    flow_run = client.get_run(again["mlflow_run_id"])
+    assert flow_run.data.tags["spotdiff.dvc_experiment"] == name
+    assert flow_run.data.tags["spotdiff.dvc_experiment_rev"] == rev
+    assert again["mlflow_run_id"] in _sh(["git", "log", "-1", "--format=%B", rev], project_copy)
+    train_run = client.get_run(challenger.run_id)
+    assert train_run.data.tags["spotdiff.dvc_experiment"] == name
+    assert train_run.data.tags["mlflow.parentRunId"] == again["mlflow_run_id"]
+    assert not list((project_copy / ".dvc/tmp").rglob("mlflow.db"))

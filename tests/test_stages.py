@@ -114,8 +114,9 @@ def test_every_stage_has_its_module_with_one_entry_point():
         assert callable(getattr(module, "run", None)), f"spotdiff.stages.{name} has no run()"
         assert "Reads:" in (module.__doc__ or "") and "Writes:" in module.__doc__, (
             f"spotdiff.stages.{name}: the docstring must list what it reads and writes")
-        assert stage["cmd"].split()[:2] == ["spotdiff", name], (
-            f"dvc.yaml stage {name} must run `spotdiff {name}`, got {stage['cmd']!r}")
+        command_name = name.replace("_", "-")  # check_params runs `spotdiff check-params`
+        assert stage["cmd"].split()[:2] == ["spotdiff", command_name], (
+            f"dvc.yaml stage {name} must run `spotdiff {command_name}`, got {stage['cmd']!r}")
         # The command is a thin wrapper: it calls the stage's entry point.
         command = importlib.import_module(f"spotdiff.commands.{name}")
         assert f"spotdiff.stages import {name} as stage" in inspect.getsource(command), (

@@ -5,7 +5,13 @@ at `<repo root>/mlruns/mlflow.db` (absolute path, so every stage and `mlflow ui`
 whatever their working folder). Artifacts: `params.mlflow.artifact_location` (a local folder, a
 `file:` URI or `s3://bucket/prefix` — with `MLFLOW_S3_ENDPOINT_URL` and the usual AWS env variables
 for an S3-compatible server) or `<repo root>/mlruns/artifacts` by default. The repo root is the
-nearest folder, walking up from the working folder, that holds `params.yaml` or `dvc.yaml`.
+nearest folder, walking up from the working folder, that holds `params.yaml` or `dvc.yaml` — and,
+inside a DVC experiment's temporary copy (`<project>/.dvc/tmp/exps/...`), `<project>`: one store
+whether a stage runs in the workspace, in `dvc exp run --temp` / `--queue`, or in a fresh clone.
+Committed files never hold the store's machine path (`portable_uri`).
+
+Store failures (a locked SQLite file, a server gone) become one SpotdiffError line (`store_errors`);
+runs a killed stage left RUNNING are marked KILLED by the next `setup_mlflow` (`sweep_dead_runs`).
 
 Only rank 0 of a distributed run talks to MLflow: check `is_rank_zero()` first.
 """
@@ -14,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from spotdiff.errors import SpotdiffError
@@ -24,12 +32,34 @@ from spotdiff.params import load_params
 MARKERS = ("params.yaml", "dvc.yaml")
 
 
+EXPS_PARTS = (".dvc", "tmp", "exps")
+
+
+def project_of_experiment(folder: Path) -> Optional[Path]:
+    """The project a DVC temp/queued experiment folder belongs to: for `<project>/.dvc/tmp/exps/...`,
+    `<project>` (env DVC_ROOT, which DVC sets to it for these runs, when it agrees); else None."""
+    parts = folder.parts
+    for i in range(len(parts) - len(EXPS_PARTS) + 1):
+        if parts[i:i + len(EXPS_PARTS)] == EXPS_PARTS:
+            project = Path(*parts[:i])
+            env_root = os.environ.get("DVC_ROOT", "").strip()
+            if env_root and Path(env_root).resolve() == project:
+                return Path(env_root).resolve()
+            return project
+    return None
+
+
 def find_repo_root(start: str | Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) holding params.yaml or dvc.yaml.
+    """The nearest folder at or above `start` (default: cwd) holding params.yaml or dvc.yaml; inside a
+    DVC experiment's temporary copy (`.dvc/tmp/exps/...`, `dvc exp run --temp` or `--queue`), the
+    project that copy came from, so runs land in the project's one store, not in a folder DVC deletes.
 
     Falls back to `start` itself when no ancestor has either (e.g. a bare working folder).
     """
     here = Path(start or Path.cwd()).resolve()
+    project = project_of_experiment(here)
+    if project is not None and any((project / m).is_file() for m in MARKERS):
+        return project
     for folder in (here, *here.parents):
         if any((folder / m).is_file() for m in MARKERS):
             return folder
@@ -164,7 +194,8 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
 
     A new experiment is created with `artifact_location(params)` (on a tracking server with none
     configured: the server's default artifact root); an existing one keeps its own.
-    A deleted experiment of the same name is restored.
+    A deleted experiment of the same name is restored. Runs a killed stage left RUNNING are marked
+    KILLED (`sweep_dead_runs`).
     """
     import mlflow
     from mlflow.entities import LifecycleStage
@@ -174,8 +205,8 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     mlflow.set_tracking_uri(uri)  # (MLflow also exports it as MLFLOW_TRACKING_URI to subprocesses)
     section = _mlflow_section(params)
     name = getattr(section, "experiment", "") or "spotdiff"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # (opens a SQLite store: may be locked)
         exp = client.get_experiment_by_name(name)
         if exp is None:
             exp_id = client.create_experiment(
@@ -187,11 +218,17 @@ def setup_mlflow(params: Any = None, root: str | Path | None = None) -> str:
     except SpotdiffError:
         raise
     except Exception as exc:  # connection refused, bad URI, locked DB, …
+        if any(w in str(exc).lower() for w in LOCK_WORDS):
+            raise SpotdiffError(
+                f"MLflow store {redact_uri(uri)} is locked by another process; nothing was changed — wait "
+                "for the other process (or close it) and rerun") from None
         raise SpotdiffError(
             f"MLflow tracking store {redact_uri(uri)}: cannot open it ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); check MLFLOW_TRACKING_URI / "
             "params.yaml mlflow.tracking_uri") from None
     mlflow.set_experiment(experiment_id=exp_id)
+    with store_errors(uri, "marking killed runs"):
+        sweep_dead_runs(client, exp_id)
     return exp_id
 
 
@@ -226,3 +263,107 @@ def recorded_run(run_info: Path, model_md5: Optional[str], consequence: str, fix
         warn(f"warning: {run_info} describes another model (md5 {recorded}, not {model_md5}); {consequence}")
         return None
     return str(run_id)
+
+
+LOCK_WORDS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock")
+
+
+@contextmanager
+def store_errors(uri: str, action: str) -> Iterator[None]:
+    """Turn a tracking store failure met while doing `action` into one SpotdiffError line: a locked
+    SQLite database (another process holds it), a server that went away, a broken database."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except SpotdiffError:
+        raise
+    except Exception as exc:  # MlflowException, sqlalchemy.exc.OperationalError, requests' errors…
+        text = str(exc)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if any(w in text.lower() for w in LOCK_WORDS):
+            raise SpotdiffError(
+                f"MLflow store {redact_uri(uri)} is locked by another process while {action}; nothing "
+                "was changed by this step — wait for the other process (or close it) and rerun") from None
+        if isinstance(exc, MlflowException) or type(exc).__module__.startswith(("sqlalchemy", "requests")):
+            raise SpotdiffError(f"MLflow store {redact_uri(uri)}: {action} failed ({type(exc).__name__}: "
+                                f"{first[:300]}); check the store and rerun") from None
+        raise
+
+
+PID_TAG, HOST_TAG = "spotdiff.pid", "spotdiff.host"
+# env set by `dvc exp run` -> the MLflow tag linking a run to its DVC experiment
+# and, for a run of the Prefect flow, its MLflow run as the parent (flows/pipeline.py sets the variable)
+DVC_EXP_TAGS = {"DVC_EXP_NAME": "spotdiff.dvc_experiment",
+                "DVC_EXP_BASELINE_REV": "spotdiff.dvc_baseline_rev",
+                "SPOTDIFF_PARENT_RUN_ID": "mlflow.parentRunId"}
+
+
+def mark_owner(client: Any, run_id: str) -> None:
+    """Tag `run_id` with this process and host, so a later sweep can tell it was killed."""
+    client.set_tag(run_id, PID_TAG, str(os.getpid()))
+    client.set_tag(run_id, HOST_TAG, socket.gethostname())
+
+
+def _alive(pid: int, started_ms: Optional[int]) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        # a pid reused by a later process is not the run's owner
+        return not (started_ms and proc.create_time() * 1000 > started_ms + 1000)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    except Exception:  # NoSuchProcess, AccessDenied on a foreign pid
+        return False
+
+
+def sweep_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Runs of this experiment still RUNNING whose owning process (on this host) is gone — a killed
+    stage — are marked KILLED; returns their ids."""
+    host = socket.gethostname()
+    swept = []
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                              max_results=200)
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != host or not (pid or "").isdigit():
+            continue
+        if int(pid) == os.getpid() or _alive(int(pid), run.info.start_time):
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        swept.append(run.info.run_id)
+    return swept
+
+
+@contextmanager
+def registry_lock(uri: str, wait_s: float = 600.0) -> Iterator[None]:
+    """One registration at a time per local store (a file lock beside the SQLite file), so two
+    `register` runs of the same model make one version; servers serialise nothing here."""
+    local = local_store_path(uri)
+    if local is None or not local.parent.is_dir():
+        yield
+        return
+    import fcntl
+    import time
+
+    with open(local.parent / ".spotdiff-register.lock", "w") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SpotdiffError(f"MLflow store {redact_uri(uri)}: another registration has held it "
+                                        f"for {wait_s:.0f} s; wait for it to finish and rerun") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

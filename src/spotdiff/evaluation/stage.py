@@ -131,7 +131,7 @@ def _run_evaluation(params: Params, model: Path | str, train_info: Path | None, 
             print(line, file=sys.stderr)
     run_id = mlflow_run_id(train_info, warn, model) if shard.is_main and tracking.is_rank_zero() else None
     if run_id:
-        check_run(params, run_id, train_info)  # type: ignore[arg-type]
+        run_id = check_run(params, run_id, train_info, warn, model)  # type: ignore[arg-type]
     parts = out / PARTS_DIR
     if not shard.is_main:
         shard.barrier()  # rank 0 builds first: a model export to the engine's cache happens once

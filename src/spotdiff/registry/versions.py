@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -22,12 +22,40 @@ from spotdiff.registry.rule import CHALLENGER, CHAMPION, METRIC_TAG_PREFIX, cham
 from spotdiff.registry.serving import log_pyfunc
 from spotdiff.tracking import redact_uri, setup_mlflow
 
+MODEL_FILE_MD5_TAG = "model_file_md5"
+DECISION_TAG = "decision"
 
-def register_version(params: Any, model_path: Path, run_id: str, metrics: dict[str, float],
-                     root: Path) -> dict:
+
+def versions_with_md5(client: MlflowClient, name: str, file_md5: str) -> list:
+    """The versions of `name` registered from a model file with this md5 (oldest first)."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    same = [mv for mv in versions
+            if (mv.tags or {}).get(MODEL_FILE_MD5_TAG) == file_md5]
+    return sorted(same, key=lambda mv: int(mv.version))
+
+
+def _aliases_of(client: MlflowClient, name: str, version: str) -> list[str]:
+    try:
+        return sorted(client.get_model_version(name, version).aliases or [])
+    except MlflowException:
+        return []
+
+
+def register_version(params: Any, model_path: Path, run_id: Optional[str], metrics: dict[str, float],
+                     root: Path, file_md5: Optional[str] = None,
+                     make_run: Optional[Callable[[], str]] = None) -> dict:
     """Log `model_path` as the pyfunc model into run `run_id`, register it as a new version of
-    `register.model_name`, tag it (metrics, git revision, DVC md5), point `challenger` at it and move
-    `champion` to it when the champion rule says so. MLflow must be set up (`setup_mlflow`).
+    `register.model_name` (`run_id` None: into the run `make_run()` starts, only if one is needed)
+    (tagged at creation with its metrics, git revision and md5s), point
+    `challenger` at it and move `champion` to it when the champion rule says so. MLflow must be set
+    up (`setup_mlflow`).
+
+    A model file already registered (same md5) is not registered again: no new version, no upload.
+    A version left half-done by a crash (created, no decision tag yet) is adopted: its aliases and
+    decision are set now.
 
     Returns the record of what happened (version, aliases, decision and reason, champion before and
     after, provenance).
@@ -39,17 +67,30 @@ def register_version(params: Any, model_path: Path, run_id: str, metrics: dict[s
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     git = git_revision(root)
     md5 = model_md5(root, model_path)
+    file_md5 = file_md5 or file_digest(model_path)
+    record = {
+        "model_name": reg.model_name,
+        "primary_metric": {"name": metric, "value": new_value},
+        "promote_margin": reg.promote_margin,
+        "ap_floor": reg.ap_floor,
+        "champion_before": champion_info(client, reg.model_name, metric),  # re-read under the lock
+        "git": git,
+        "model_md5": md5,
+        "metrics": metrics,
+        "registered_at": now(),
+    }
 
-    logged = client.get_run(run_id).data.metrics
-    with mlflow.start_run(run_id=run_id):
-        missing = {k: v for k, v in metrics.items() if logged.get(k) != v}  # evaluate logs them too
-        if missing:
-            mlflow.log_metrics(missing)
-        info = log_pyfunc(model_path)
-        mlflow.set_tags({"spotdiff.git_commit": git["commit"] or "unknown",
-                         "spotdiff.model_md5": md5["md5"]})
-    mv = mlflow.register_model(info.model_uri, reg.model_name)
-    version = str(mv.version)
+    existing = versions_with_md5(client, reg.model_name, file_md5)
+    done = [mv for mv in existing if (mv.tags or {}).get(DECISION_TAG)]
+    if done:
+        mv = done[0]
+        aliases = _aliases_of(client, reg.model_name, mv.version)
+        return {**record, "version": int(mv.version), "model_uri": f"models:/{reg.model_name}/{mv.version}",
+                "logged_model_uri": mv.source, "mlflow_run_id": mv.run_id, "aliases": aliases,
+                "decision": "unchanged",
+                "reason": (f"model md5 {file_md5} is already version {mv.version} (decision: "
+                           f"{mv.tags[DECISION_TAG]}); not registered again, nothing uploaded"),
+                "champion_after": (record["champion_before"] or {}).get("version")}
 
     tags = {METRIC_TAG_PREFIX + k: tag_value(v) for k, v in metrics.items()}
     tags.update({
@@ -57,39 +98,54 @@ def register_version(params: Any, model_path: Path, run_id: str, metrics: dict[s
         "git_dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower(),
         "dvc_model_md5": md5["md5"],
         "dvc_model_md5_source": md5["source"],
+        MODEL_FILE_MD5_TAG: file_md5,
         "primary_metric": metric,
     })
-    for key, value in tags.items():
-        client.set_model_version_tag(reg.model_name, version, key, value)
+    if existing:  # a crash left this version without its aliases and decision: adopt it
+        mv = existing[-1]
+        version, logged_uri, run_id, adopted = str(mv.version), mv.source, mv.run_id, True
+    else:
+        if run_id is None:
+            if make_run is None:
+                raise SpotdiffError("register: no MLflow run to log the model into")
+            run_id = make_run()
+        logged = client.get_run(run_id).data.metrics
+        with mlflow.start_run(run_id=run_id):
+            missing = {k: v for k, v in metrics.items() if logged.get(k) != v}  # evaluate logs them too
+            if missing:
+                mlflow.log_metrics(missing)
+            info = log_pyfunc(model_path)
+            mlflow.set_tags({"spotdiff.git_commit": git["commit"] or "unknown",
+                             "spotdiff.model_md5": file_md5})
+        # Tagged in the same call that creates it: a crash afterwards leaves a version the next run
+        # finds by its md5 (and adopts), never an untagged orphan.
+        mv = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
+        version, logged_uri, adopted = str(mv.version), info.model_uri, False
     client.set_registered_model_alias(reg.model_name, CHALLENGER, version)
 
     # Read the champion, decide and move the alias as one step: a client registering at the same time
     # waits here, then compares against whoever won (spotdiff.registry.concurrency).
     with promotion_lock(uri, reg.model_name):
-        champion_before = champion_info(client, reg.model_name, metric)
+        champion_before = record["champion_before"] = champion_info(client, reg.model_name, metric)
         promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
+        if adopted:
+            reason = f"adopted version {version}, left without a decision by an interrupted run; {reason}"
         if promote:
             client.set_registered_model_alias(reg.model_name, CHAMPION, version)
             client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {now()}")
+        decision = "promoted" if promote else "kept"
+        client.set_model_version_tag(reg.model_name, version, DECISION_TAG, decision)  # the last step
     return {
-        "model_name": reg.model_name,
+        **record,
         "version": int(version),
         "model_uri": f"models:/{reg.model_name}/{version}",
-        "logged_model_uri": info.model_uri,
+        "logged_model_uri": logged_uri,
         "mlflow_run_id": run_id,
         "aliases": [CHALLENGER] + ([CHAMPION] if promote else []),
-        "decision": "promoted" if promote else "kept",
+        "decision": decision,
         "reason": reason,
-        "primary_metric": {"name": metric, "value": new_value},
-        "promote_margin": reg.promote_margin,
-        "ap_floor": reg.ap_floor,
-        "champion_before": champion_before,
         "champion_after": (int(version) if promote
                            else (champion_before["version"] if champion_before else None)),
-        "git": git,
-        "model_md5": md5,
-        "metrics": metrics,
-        "registered_at": now(),
     }
 
 

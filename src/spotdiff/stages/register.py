@@ -11,8 +11,10 @@ rule; the same bytes whenever the model and metrics are) and `<record>` (default
 `registry/registration.json`: this registration's version, aliases, decision and reason; it depends
 on the registry's state, so it is not a DVC output).
 
-If `train_run.json` is missing or names another model (e.g. the train stage was restored from DVC's
-run cache), the model is logged into a new run of the experiment instead, with a warning.
+If `train_run.json` is missing, names another model (e.g. the train stage was restored from DVC's
+run cache) or a run this store does not hold (a clone + `dvc pull`), the model is logged into the
+latest run tagged with its md5 (evaluate's), else a new one, with a warning. A model file already
+registered (same md5) is not registered again (decision `unchanged`); a locked store is one line.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ from spotdiff.metricsfile import flatten_metrics
 from spotdiff.params import Params
 from spotdiff.registry.provenance import read_json
 from spotdiff.registry.versions import register_version
-from spotdiff.tracking import find_repo_root, portable_uri, recorded_run, redact_uri, setup_mlflow
+from spotdiff.tracking import (
+    find_repo_root,
+    portable_uri,
+    recorded_run,
+    redact_uri,
+    registry_lock,
+    setup_mlflow,
+    store_errors,
+)
 
 RECORD = "registration.json"
+FALLBACK = "the model is logged into the run tagged with its md5, else a new MLflow run"
 
 
 def _metric_path_exists(obj: Any, path: str) -> bool:
@@ -57,21 +68,24 @@ def read_metrics(metrics_path: Path, metric: str) -> dict[str, float]:
     return metrics
 
 
-def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri: str,
+def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri: str, exp_id: str,
                  warn: Callable[[str], None]) -> str | None:
-    """The MLflow run that trained this model, per `train_run.json`; None when it cannot be trusted."""
-    run_id = recorded_run(run_info_path, model_md5, "the model is logged into a new MLflow run",
-                          "rerun the train stage (dvc repro -f train)", warn)
-    if run_id is None:
-        return None
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise SpotdiffError(
-            f"{run_info_path}: MLflow run {run_id} is not in the tracking store {redact_uri(uri)}; "
-            "set MLFLOW_TRACKING_URI to the store the train stage used, or rerun it (dvc repro -f train)"
-        ) from None
-    return run_id
+    """The MLflow run that trained this model, per `train_run.json`; else the latest run of the
+    experiment tagged with the model's md5 (evaluate makes one when the training run is not in this
+    store, e.g. after a clone + `dvc pull`); None when there is none to trust."""
+    run_id = recorded_run(run_info_path, model_md5, FALLBACK, "rerun the train stage (dvc repro -f train)",
+                          warn)
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+            return run_id
+        except MlflowException:
+            warn(f"warning: {run_info_path}: MLflow run {run_id} is not in the tracking store "
+                 f"{redact_uri(uri)} (a clone? set MLFLOW_TRACKING_URI to the store the train stage "
+                 f"used to log there); {FALLBACK}")
+    found = client.search_runs([exp_id], filter_string=f"tags.`spotdiff.model_md5` = '{model_md5}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | Path, out: str | Path,
@@ -87,16 +101,20 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
     root = Path(root) if root else find_repo_root()
     md5 = file_digest(model)
 
-    setup_mlflow(params, root)
+    exp_id = setup_mlflow(params, root)
     uri = mlflow.get_tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    run_id = training_run(run_info, md5, client, uri, warn)
-    if run_id is None:
-        with mlflow.start_run(run_name=f"register {md5[:8]}") as new_run:
-            mlflow.set_tag("spotdiff.model_md5", md5)
-        run_id = new_run.info.run_id
 
-    result = register_version(params, model, run_id, values, root)
+    def new_run() -> str:
+        with mlflow.start_run(run_name=f"register {md5[:8]}") as started:
+            mlflow.set_tag("spotdiff.model_md5", md5)
+        return started.info.run_id
+
+    with registry_lock(uri), store_errors(uri, "registering the model"):
+        run_id = training_run(run_info, md5, client, uri, exp_id, warn)
+        result = register_version(params, model, run_id, values, root, file_md5=md5, make_run=new_run)
+    if result["decision"] == "unchanged":
+        warn(f"register: {result['reason']}")
     result["tracking_uri"] = portable_uri(uri, root)
     write_json_atomic(record_path, result)
     write_json_atomic(out, {"model_name": reg.model_name, "model_md5": md5,

@@ -16,6 +16,7 @@ Lightning re-launches this command once per rank, and only rank 0 talks to MLflo
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
                               run_name=f"train-{params.model.backbone}-{params.model.attention}",
                               log_model=False)
         logger.log_hyperparams({k: v for k, v in to_flat_dict(params).items() if not isinstance(v, (list, tuple))})
+        if mlflow_setup.is_rank_zero():
+            # who owns the run (a killed run is marked KILLED by the next stage), and which DVC
+            # experiment made it (`dvc exp run` sets DVC_EXP_NAME / DVC_EXP_BASELINE_REV)
+            mlflow_setup.mark_owner(logger.experiment, logger.run_id)
+            for env, tag in mlflow_setup.DVC_EXP_TAGS.items():
+                if os.environ.get(env):
+                    logger.experiment.set_tag(logger.run_id, tag, os.environ[env])
 
     callbacks: list[pl.Callback] = [best]
     if tracking:
