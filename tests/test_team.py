@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import team
 from helpers.env import REPO_ROOT, subprocess_env
@@ -290,8 +291,14 @@ def _project(root: Path, s3) -> Path:
     s3://BUCKET/dvc (the endpoint in .dvc/config.local only)."""
     repo = root / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO_ROOT / name, repo / name)
+    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    # The tiny profile committed as the project's params: a deployment run without overrides runs
+    # `dvc repro` in this workspace (with overrides it would be a DVC experiment in DVC's own copy).
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in TINY_OVERRIDES.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for folder in ("src", "flows"):
         shutil.copytree(REPO_ROOT / folder, repo / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -313,7 +320,7 @@ def test_a_prefect_worker_runs_the_pipeline_deployment_against_the_team_stack(
                            SPOTDIFF_REGISTRY_LOCK_URI=f"{pg.url}/mlflow", **team.S3_CREDENTIALS)
     env.pop("MLFLOW_REGISTRY_URI", None)
     _sh([str(team.VENV_BIN / "prefect"), "work-pool", "create", "team-gpu", "--type", "process"], repo, env)
-    params = {"overrides": TINY_OVERRIDES, "repo": str(repo), "retry_delay_seconds": 0}
+    params = {"repo": str(repo), "retry_delay_seconds": 0}
     (tmp_path / "deploy.py").write_text(DEPLOY)
     _sh([sys.executable, str(tmp_path / "deploy.py"), str(repo), "team-gpu", json.dumps(params)], repo, env)
 
