@@ -37,7 +37,7 @@ run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
-## Command two: the whole test suite (about 3 minutes on 2 cores; GPU tests skip without a GPU).
+## Command two: the whole test suite (about 13 minutes on 2 cores; GPU tests skip without a GPU).
 test: install browser team-services
 	$(BIN)/pytest -q
 
