@@ -127,27 +127,16 @@ def apply_overrides(params_path: Path, overrides: Optional[dict[str, Any]], writ
 @contextlib.contextmanager
 def workspace_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on the workspace (one pipeline run at a time); fail clearly if taken."""
-    import fcntl
+    from spotdiff.fsutil import exclusive_lock
 
-    lock_dir = repo / ".dvc" / "tmp"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / LOCK_NAME, "w") as fh:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise PipelineError(f"{repo}: another pipeline run holds this workspace; "
-                                        "wait for it to finish (DVC stages never run concurrently)") from None
-                time.sleep(1.0)
-        try:
-            fh.write(str(os.getpid()))
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    def timed_out() -> PipelineError:
+        return PipelineError(f"{repo}: another pipeline run holds this workspace; "
+                             "wait for it to finish (DVC stages never run concurrently)")
+
+    with exclusive_lock(repo / ".dvc" / "tmp" / LOCK_NAME, wait_s, timed_out, poll_s=1.0, mode="w") as fh:
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
 
 
 def _stage_env() -> dict[str, str]:

@@ -228,13 +228,14 @@ def test_without_the_lock_both_clients_promote_on_a_stale_read(promoters, mlflow
     assert all(r["before"] is None and r["promoted"] for r in results)  # both saw no champion
 
 
-def test_lock_uri_comes_from_the_environment_or_a_database_registry(monkeypatch):
+def test_lock_uri_comes_from_the_environment_or_a_database_registry(monkeypatch, tmp_path):
     from spotdiff.errors import SpotdiffError
     from spotdiff.registry.concurrency import lock_key, lock_uri, promotion_lock
 
     monkeypatch.delenv("SPOTDIFF_REGISTRY_LOCK_URI", raising=False)
     assert lock_uri("postgresql+psycopg://u@h:5432/mlflow") == "postgresql+psycopg://u@h:5432/mlflow"
-    assert lock_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    local = f"sqlite:///{tmp_path / 'x.db'}"
+    assert lock_uri(local) == local
     assert lock_uri("http://mlflow:5000") is None
     monkeypatch.setenv("SPOTDIFF_REGISTRY_LOCK_URI", "postgresql://u@db/mlflow")
     assert lock_uri("http://mlflow:5000") == "postgresql://u@db/mlflow"

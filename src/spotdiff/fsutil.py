@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -145,3 +145,30 @@ def file_digest(path: str | Path, algorithm: str = "md5") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, wait_s: float, timed_out: Callable[[], BaseException],
+                   poll_s: float = 0.2, mode: str = "a") -> Iterator[IO[str]]:
+    """Hold an exclusive `flock` on `path` (created, its folder too), polling every `poll_s` for up
+    to `wait_s` seconds; raise `timed_out()` when another process still holds it. Yields the open
+    file (e.g. to write the holder's pid)."""
+    import fcntl
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise timed_out() from None
+                time.sleep(poll_s)
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import exclusive_lock
 from spotdiff.params import load_params
 
 MARKERS = ("params.yaml", "dvc.yaml")
@@ -349,21 +350,10 @@ def registry_lock(uri: str, wait_s: float = 600.0) -> Iterator[None]:
     if local is None or not local.parent.is_dir():
         yield
         return
-    import fcntl
-    import time
 
-    with open(local.parent / ".spotdiff-register.lock", "w") as fh:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise SpotdiffError(f"MLflow store {redact_uri(uri)}: another registration has held it "
-                                        f"for {wait_s:.0f} s; wait for it to finish and rerun") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    def timed_out() -> SpotdiffError:
+        return SpotdiffError(f"MLflow store {redact_uri(uri)}: another registration has held it "
+                             f"for {wait_s:.0f} s; wait for it to finish and rerun")
+
+    with exclusive_lock(local.parent / ".spotdiff-register.lock", wait_s, timed_out, mode="w"):
+        yield

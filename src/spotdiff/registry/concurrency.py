@@ -25,11 +25,11 @@ import hashlib
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from spotdiff.errors import SpotdiffError
+from spotdiff.fsutil import exclusive_lock
 from spotdiff.tracking import redact_uri
 
 LOCK_ENV = "SPOTDIFF_REGISTRY_LOCK_URI"
@@ -109,24 +109,12 @@ def _postgres_lock(uri: str, model_name: str, timeout_s: float) -> Iterator[None
 
 @contextlib.contextmanager
 def _file_lock(uri: str, model_name: str, timeout_s: float) -> Iterator[None]:
-    import fcntl
-
     db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else Path(uri.split(":", 1)[1])
     path = db.with_name(f"{db.name}.spotdiff-registry.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise SpotdiffError(f"model {model_name}: another process held the promotion lock "
-                                        f"({path}) for more than {timeout_s:.0f} s; retry when it has "
-                                        "finished") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def timed_out() -> SpotdiffError:
+        return SpotdiffError(f"model {model_name}: another process held the promotion lock ({path}) for "
+                             f"more than {timeout_s:.0f} s; retry when it has finished")
+
+    with exclusive_lock(path, timeout_s, timed_out, poll_s=0.05):
+        yield
