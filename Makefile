@@ -46,9 +46,10 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 ## Every figure of BENCHMARKS.md, each baseline timed beside ours in the same process (tables printed,
-## JSON in benchmarks/results/). About 30-40 minutes on 2 cores, the fresh-clone `dvc repro` included.
+## JSON in benchmarks/results/), then a summary; one that fails does not stop the others. About 30-40
+## minutes on 2 cores, the fresh-clone `dvc repro` included.
 bench: install
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; PATH="$(abspath $(BIN)):$$PATH" $(PY) $$b || exit 1; done
+	@PATH="$(abspath $(BIN)):$$PATH" $(PY) benchmarks/run_all.py
 
 ## CI's retraining rule: when dvc.lock no longer matches params/code, reproduce the pipeline on the
 ## embedded default and fail if the primary AP falls below register.ap_floor.

@@ -3,7 +3,7 @@
 A real server process (`spotdiff serve --workers W`) on 127.0.0.1; after a warm-up, N clients post at
 once, `rounds` times over; per request the wall time seen by the client (queueing included). Each
 method is measured in its own run: ssim on the astronaut pair (512² PNGs, the cat pasted in), and
-cyws with models/cyws.pt when it exists (else skipped, the reason printed). Reports p50/p90/p99/max
+cyws with models/cyws.pt (before `dvc repro` has made it: params.yaml's model, untrained weights). Reports p50/p90/p99/max
 latency, requests per second, and the server's RSS after warm-up and after each round (the pool
 bounds the work in flight, so memory should stay flat). Writes benchmarks/results/serve.json.
 
@@ -81,11 +81,19 @@ def main() -> None:
     runs, notes = [], []
     model = ROOT / "models" / "cyws.pt"
     plan = [("ssim", base)]
-    if model.is_file():
-        plan.append(("cyws", [*base, "--model", str(model)]))
-    else:
-        notes.append(f"cyws: skipped ({model} does not exist: `dvc repro` makes it)")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        if not model.is_file():
+            # Before `dvc repro` has trained one: the same architecture (params.yaml's model section)
+            # with untrained weights. The time per request does not depend on the weights.
+            from spotdiff.models.checkpoint import save_model
+            from spotdiff.models.cyws import CYWS
+            from spotdiff.params import load_params
+
+            model = Path(tmp) / "untrained-cyws.pt"
+            save_model(CYWS.from_params(load_params(ROOT / "params.yaml").model), model)
+            notes.append("cyws: models/cyws.pt does not exist yet (`dvc repro` trains it); measured with "
+                         "params.yaml's model and untrained weights (same architecture, same work per request)")
+        plan.append(("cyws", [*base, "--model", str(model)]))
         for method, server_args in plan:
             row = measure(method, server_args, args.clients, args.rounds, Path(tmp))
             runs.append(row)
