@@ -24,8 +24,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="run only these (bench_NAME.py), e.g. --only ssim ap")
+    parser.add_argument("--dir", type=Path, default=HERE, help=argparse.SUPPRESS)  # the tests' own scripts
     args = parser.parse_args()
-    scripts = sorted(HERE.glob("bench_*.py"))
+    scripts = sorted(args.dir.glob("bench_*.py"))
     if args.only:
         known = {p.stem.removeprefix("bench_"): p for p in scripts}
         unknown = [n for n in args.only if n not in known]
@@ -35,7 +36,7 @@ def main() -> int:
         scripts = [known[n] for n in args.only]
     summary = []
     for script in scripts:
-        print(f"== {script.relative_to(HERE.parent)}", flush=True)
+        print(f"== {script.parent.name}/{script.name}", flush=True)
         t0 = time.perf_counter()
         goals: list[str] = []
         with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
