@@ -152,6 +152,8 @@ def main() -> int:
               f"{'the same bytes (reproduced bit for bit)' if model else 'DIFFERENT from the committed model'}"
               if model is not None else "models/cyws.pt: not in the committed dvc.lock")
         print(machine_line(info))
+        print("goal (fresh clone ≤ {:.0f} s, no-op ≤ {:.0f} s): {}".format(
+            GOAL_FULL_S, GOAL_NOOP_S, "met" if full_s <= GOAL_FULL_S and noop_s <= GOAL_NOOP_S else "NOT met"))
         write_json_atomic(RESULTS, {"benchmark": "dvc_repro_fresh_clone_and_noop", "commit": head,
                                     "overrides": args.overrides, "clone_s": clone_s, "rows": rows,
                                     "same_md5_as_committed_lock": same,
