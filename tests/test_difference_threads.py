@@ -4,7 +4,9 @@ and after a fork."""
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -63,21 +65,29 @@ def test_concurrent_callers_each_get_their_own_result(serial_results):
         assert _same(result, serial_results[i % len(serial_results)]), f"call {i}"
 
 
-def _child(queue) -> None:
-    a, b = _pairs()[2]
-    queue.put(len(SsimDetector(SsimParams()).detect(a, b)[0]))
-
-
 def test_a_forked_child_starts_its_own_helper_thread():
     a, b = _pairs()[2]
     want = len(SsimDetector(SsimParams()).detect(a, b)[0])
     assert difference._POOL is not None  # the parent's helper thread exists before the fork
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_child, args=(queue,))
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: detect, report, and leave without the exit handlers it inherited
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, str(len(SsimDetector(SsimParams()).detect(a, b)[0])).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
         pytest.fail("the forked child hung on the parent's helper thread")
-    assert child.exitcode == 0 and queue.get(timeout=5) == want
+    with os.fdopen(read_end, "rb") as pipe:
+        got = pipe.read().decode()
+    assert os.waitstatus_to_exitcode(done[1]) == 0 and got == str(want), (done, got)
