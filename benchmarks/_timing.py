@@ -60,21 +60,17 @@ def interleaved_medians_wall_cpu(fns: dict, repeats: int, warmup: int = 1) -> di
 
 
 def machine() -> dict:
-    """What the figures were taken on: CPU model, cores, torch threads, load, GPU if any."""
+    """What the figures were taken on: CPU model and its relevant flags (spotdiff.machine), cores,
+    torch threads, load, GPU if any. Ratios from machines with different flags are never mixed."""
     import os
     import platform
 
+    from spotdiff.machine import capabilities
+
+    caps = capabilities()
     info: dict = {"python": platform.python_version(), "machine": platform.machine(),
-                  "cpu_count": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpuinfo = f.read()
-        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                            if ln.startswith("model name")), platform.processor())
-        flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
-        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    except OSError:
-        info["cpu"] = platform.processor()
+                  "cpu_count": os.cpu_count(), "cpu": caps.cpu_model,
+                  "cpu_flags": [f for f in caps.as_dict()["cpu_flags"]], "capabilities": caps.line()}
     try:
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -84,7 +80,8 @@ def machine() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["gpu"] = caps.cuda_device
     except ImportError:
         pass
     return info
@@ -92,5 +89,7 @@ def machine() -> dict:
 
 def machine_line(info: dict) -> str:
     gpu = info.get("gpu") or "no GPU"
-    return (f"machine: {info.get('cpu')} | {info.get('cpu_count')} cores | torch threads "
-            f"{info.get('torch_threads')} | load avg {info.get('load_average_1m')} | {gpu}")
+    flags = " ".join(info.get("cpu_flags") or []) or "no avx2/avx512"
+    return (f"machine: {info.get('cpu')} | flags {flags} (torch kernels {info.get('torch_cpu_capability')}) | "
+            f"{info.get('cpu_count')} cores | torch threads {info.get('torch_threads')} | "
+            f"load avg {info.get('load_average_1m')} | {gpu}")

@@ -401,9 +401,10 @@ class TrainParams(_Section):
     devices: Any = 1  # "auto" or an integer >= 1
     num_nodes: StrictInt = Field(1, ge=1, le=1024)
     strategy: StrictStr = "auto"
-    # bf16-mixed runs on any CPU (Lightning's CPU autocast; native bf16 instructions only make it
-    # faster); 16-mixed needs a GPU (the train stage refuses it on a CPU).
-    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "bf16-mixed"
+    # "auto": bf16-mixed where the training device runs bf16 natively (a bf16 CUDA GPU, a CPU with
+    # avx512_bf16 or AMX), else 32-true (spotdiff.machine.resolve_precision). An explicit bf16 on a
+    # CPU that emulates it is honoured with a warning; 16-mixed needs a GPU.
+    precision: Literal["auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "auto"
     log_every_n_steps: StrictInt = Field(10, ge=1, le=COUNT_MAX)
     preview_pairs: StrictInt = Field(4, ge=0, le=256)
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from spotdiff import tracking as mlflow_setup
 from spotdiff.errors import SpotdiffError
 from spotdiff.fsutil import file_digest, write_json_atomic
+from spotdiff.machine import Capabilities, capabilities, resolve_precision
 from spotdiff.params import Params, to_flat_dict
 from spotdiff.training.callbacks import KeepBestModel
 from spotdiff.training.datamodule import PairDataModule
@@ -41,19 +43,23 @@ RUN_INFO = "train_run.json"
 
 
 
-def _trainer_kwargs(params: Params) -> dict[str, Any]:
+def _trainer_kwargs(params: Params, caps: Capabilities) -> dict[str, Any]:
     t = params.train
     check_hardware(t)
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and caps.cuda_device is not None)
+    if not on_gpu and t.precision.startswith("16"):
+        raise SpotdiffError("params.yaml: train.precision 16-mixed needs a GPU; use auto, 32-true or bf16-mixed on CPU")
+    precision, warning = resolve_precision(t.precision, on_gpu, caps)
+    if warning and mlflow_setup.is_rank_zero():
+        print(f"spotdiff: warning: {warning}", file=sys.stderr, flush=True)
     kwargs = dict(accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                  precision=t.precision, max_epochs=t.max_epochs, log_every_n_steps=t.log_every_n_steps,
+                  precision=precision, max_epochs=t.max_epochs, log_every_n_steps=t.log_every_n_steps,
                   deterministic=False, enable_model_summary=False, num_sanity_val_steps=0)
     if t.max_steps > 0:
         kwargs.update(max_steps=t.max_steps, max_epochs=-1)
     if t.val_every_n_steps > 0:
         kwargs.update(val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None)
-    if accelerator == "cpu" and t.precision.startswith("16"):
-        raise SpotdiffError("params.yaml: train.precision 16-mixed needs a GPU; use 32-true or bf16-mixed on CPU")
     return kwargs
 
 
@@ -65,12 +71,17 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     """
     out_dir = Path(out_dir)
     manifest = Path(manifest)
-    trainer_kwargs = _trainer_kwargs(params)  # this machine can run it: checked before any work
+    caps = capabilities()
+    trainer_kwargs = _trainer_kwargs(params, caps)  # this machine can run it: checked before any work
     if not manifest.is_file():
         raise SpotdiffError(f"{manifest}: pairs manifest not found; run `dvc repro pairs` first")
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     threads = apply_threads(params.train)
+    precision = trainer_kwargs["precision"]
+    if mlflow_setup.is_rank_zero():
+        print(f"train: precision {precision} (train.precision: {params.train.precision}), {threads} threads; "
+              f"{caps.line()}", file=sys.stderr, flush=True)
 
     t = params.train
     model_config = to_flat_dict(params.model)
@@ -88,6 +99,9 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
                               run_name=f"train-{params.model.backbone}-{params.model.attention}",
                               log_model=False)
         logger.log_hyperparams({k: v for k, v in to_flat_dict(params).items() if not isinstance(v, (list, tuple))})
+        logger.log_hyperparams({"train.precision_resolved": precision, "machine.cpu": caps.cpu_model,
+                                "machine.cpu_flags": " ".join(sorted(caps.cpu_flags)) or "none",
+                                "machine.gpu": caps.cuda_device or "none"})
         if mlflow_setup.is_rank_zero():
             # who owns the run (a killed run is marked KILLED by the next stage), and which DVC
             # experiment made it (`dvc exp run` sets DVC_EXP_NAME / DVC_EXP_BASELINE_REV)
@@ -126,6 +140,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
         draw_val_predictions(out_dir / "cyws.pt", datamodule.val_set, params.train.preview_pairs, preview)
         run_info: dict[str, Any] = {"model_md5": file_digest(out_dir / "cyws.pt"), "seconds": round(elapsed, 2),
                                     "cpu_seconds": round(cpu, 2), "threads": threads,
+                                    "precision": precision, "machine": caps.as_dict(),
                                     "mlflow_run_id": None, "tracking_uri": None}
         if tracking:
             run_info["mlflow_run_id"] = logger.run_id
