@@ -40,6 +40,14 @@ from spotdiff.errors import SpotdiffError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
+# ---------------------------------------------------------------- method names
+# The change-detection methods, by the names params.yaml, the CLI and the API use; the CLI's default
+# first. The one list of them: `spotdiff.methods.registry` maps each to its Detector class (and
+# refuses to load when the two disagree); the schema below checks `evaluate.methods` against it.
+
+MethodName = Literal["ssim", "cyws"]
+METHOD_NAMES: tuple[str, ...] = typing.get_args(MethodName)
+
 # ---------------------------------------------------------------- model limits
 # The CYWS network's settings: the params schema below checks them, and `spotdiff.models` builds
 # (and re-checks a model built in code) with these same limits.
@@ -557,8 +565,8 @@ class EvaluateParams(_Section):
     @classmethod
     def _methods(cls, value: Any) -> tuple:
         items = _as_list(value)
-        if not items or not all(isinstance(m, str) and m in ("cyws", "ssim") for m in items):
-            raise _rule_error("a non-empty list of cyws, ssim", items)
+        if not items or not all(isinstance(m, str) and m in METHOD_NAMES for m in items):
+            raise _rule_error("a non-empty list of " + ", ".join(sorted(METHOD_NAMES)), items)
         if len(set(items)) != len(items):
             raise _rule_error("without repeats", items)
         return tuple(items)
