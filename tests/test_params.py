@@ -28,7 +28,6 @@ from spotdiff.params import (
     to_flat_dict,
 )
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
