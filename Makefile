@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser run test test-fast bench retrain-if-stale team-services
+.PHONY: install browser run test lint test-fast bench retrain-if-stale team-services
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -37,17 +37,22 @@ run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/spotdiff results
 
-## Command two: the whole test suite (about 13 minutes on 2 cores; GPU tests skip without a GPU).
-test: install browser team-services
+## Command two: the linter, then the whole test suite (GPU tests skip without a GPU; its time:
+## BENCHMARKS.md).
+test: install browser team-services lint
 	$(BIN)/pytest -q
+
+## ruff with the rules in pyproject.toml; part of `make test`, so CI enforces it.
+lint: install
+	$(BIN)/ruff check .
 
 ## The quick subset: without the tests marked slow (2-process DDP, the served model over HTTP).
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 ## Every figure of BENCHMARKS.md, each baseline timed beside ours in the same process (tables printed,
-## JSON in benchmarks/results/), then a summary; one that fails does not stop the others. About 30-40
-## minutes on 2 cores, the fresh-clone `dvc repro` included.
+## JSON in benchmarks/results/), then a summary; one that fails does not stop the others (its own time
+## is in BENCHMARKS.md, the fresh-clone `dvc repro` included).
 bench: install
 	@PATH="$(abspath $(BIN)):$$PATH" $(PY) benchmarks/run_all.py
 

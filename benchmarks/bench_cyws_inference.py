@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from _timing import interleaved_medians, machine, machine_line  # benchmarks/ is on sys.path
+
 from spotdiff.fsutil import write_json_atomic
-from spotdiff.models.cyws import CYWS
 from spotdiff.methods.engines import detections_agree, make_engine, run_decoded, spread_head_outputs
+from spotdiff.models.cyws import CYWS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cyws_inference.json"
 GOAL = 2.0  # fastest exact engine ≥ 2× eager on CPU at batch 1

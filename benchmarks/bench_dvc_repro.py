@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import yaml
-
 from _timing import machine, machine_line  # benchmarks/ is on sys.path when run as a script
+
 from spotdiff.fsutil import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]

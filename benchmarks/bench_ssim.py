@@ -44,8 +44,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from _timing import interleaved_medians  # benchmarks/ is on sys.path when run as a script
+
 from spotdiff.boxes import iou_matrix
 from spotdiff.fsutil import write_json_atomic
 from spotdiff.methods.pixelwise import SsimDetector, auto_homography

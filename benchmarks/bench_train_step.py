@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _timing import interleaved_medians, machine, machine_line  # benchmarks/ is on sys.path
+
 from spotdiff.fsutil import write_json_atomic
 from spotdiff.machine import capabilities, resolve_precision
 from spotdiff.models.cyws import CYWS, DECODER_CHANNELS

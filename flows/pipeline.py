@@ -39,8 +39,8 @@ from typing import Any, Iterator, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-STAGES: tuple[str, ...] = ("check_params", "data", "inpaint", "pairs", "train", "testsets", "evaluate",
-                           "register")
+from spotdiff.stages import STAGES  # the one list of stages, in dvc.yaml's order
+
 # Stages that touch the network (or flaky mounts) get retries; the others fail fast.
 RETRIES: dict[str, int] = {"data": 3, "testsets": 2}
 ARTIFACT_KEY = "spotdiff-eval"
@@ -274,12 +274,15 @@ def _mlflow_section(repo: Path, train_info: dict) -> str:
 
 
 def stale_stages(repo: Path) -> set[str]:
-    """Stages `dvc status` reports as changed (their outputs no longer match their deps/params)."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True,
-                         text=True, env=_stage_env())
+    """Stages whose outputs no longer match their deps/params (`spotdiff.dvcstatus`'s rule); none
+    when `dvc status` fails (the report must not fail for it)."""
+    from spotdiff.dvcstatus import dvc_status
+    from spotdiff.dvcstatus import stale_stages as changed
+    from spotdiff.errors import SpotdiffError
+
     try:
-        return set(json.loads(out.stdout or "{}"))
-    except json.JSONDecodeError:
+        return set(changed(dvc_status(repo, env=_stage_env())))
+    except SpotdiffError:
         return set()
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from spotdiff.cli import main
-from spotdiff.commands.ci import stale_stages
+from spotdiff.dvcstatus import stale_stages
 
 
 def test_missing_outputs_in_a_fresh_clone_are_not_stale():

@@ -246,8 +246,8 @@ def _tied_case(rng, n_img, uniform: bool, ties: str, degenerate: bool):
 @pytest.mark.parametrize("ties", ["none", "tp_fp", "tp_only"])
 @pytest.mark.parametrize("degenerate", [False, True])
 def test_vectorised_equals_loop_reference_exactly(uniform, ties, degenerate):
-    """The vectorised paths (grid reshape or padded gather, value-sort ranking or the stable-argsort
-    fallback on TP/FP score ties, plain or guarded IoU division) give the loop's curve bit for bit."""
+    """The vectorised path gives the loop's curve bit for bit: equal or unequal detection counts per
+    image, scores tied between TPs and FPs or among TPs, degenerate (zero-area) boxes."""
     rng = np.random.default_rng([int(uniform), ["none", "tp_fp", "tp_only"].index(ties), int(degenerate)])
     gts, dets, scores = _tied_case(rng, 150, uniform, ties, degenerate)
     for area_range in [None, SIZE_RANGES["medium"]]:
@@ -270,59 +270,6 @@ def test_tied_scores_keep_input_order():
     tp_first = average_precision(gts, [np.concatenate([tp, fp])], [np.array([0.5, 0.5])])
     assert fp_first.precision.tolist() == [0.0, 0.5] and fp_first.ap == 0.5
     assert tp_first.precision.tolist() == [1.0, 0.5] and tp_first.ap == 1.0
-
-
-# ---------------------------------------------------------------- the bucketed value sort
-
-
-def _sort_cases(rng):
-    """Named float64 arrays: the bucket path's own cases and the ones it must hand back to np.sort."""
-    n = 70_001  # not a multiple of the 256-value rows
-    return {
-        "uniform": rng.random(n),
-        "signed_normal": rng.normal(size=n),
-        "uniform_with_ties": np.repeat(rng.random(n // 3), 3),
-        "zeros_of_both_signs": np.concatenate([rng.random(n), np.zeros(50), -np.zeros(50)]),
-        "presorted_descending": np.sort(rng.random(n))[::-1].copy(),
-        "clustered": np.concatenate([rng.random(n), 0.5 + 1e-9 * rng.random(5000)]),
-        "few_levels": np.round(rng.random(n) * 5) / 5,
-        "all_equal": np.full(n, 0.25),
-        "with_inf": np.concatenate([rng.random(n), [np.inf, -np.inf]]),
-        "tiny_range": 1.0 + 1e-300 * rng.random(n),
-    }
-
-
-BUCKET_PATH = {"uniform", "signed_normal", "uniform_with_ties", "zeros_of_both_signs", "presorted_descending"}
-
-
-@pytest.mark.parametrize("name", list(_sort_cases(np.random.default_rng(0))))
-def test_bucket_sort_equals_np_sort(name):
-    """`_bucket_sort` gives np.sort's values bit for bit when the data suit it, and declines otherwise
-    (a bucket over its cap, an infinite or zero range); `_sort_values` equals np.sort either way."""
-    from spotdiff.evaluation.metrics import _bucket_sort, _sort_values
-
-    x = _sort_cases(np.random.default_rng(7))[name]
-    expected = np.sort(x)
-    out = _bucket_sort(x)
-    if name in BUCKET_PATH:
-        assert out is not None
-        assert out.tobytes() == expected.tobytes() or (
-            np.array_equal(out, expected) and name == "zeros_of_both_signs")  # -0.0 == 0.0: any order
-    else:
-        assert out is None
-    assert np.array_equal(_sort_values(x), expected)
-
-
-def test_bucket_sort_small_and_random_sizes():
-    """Every size from a single row to a few rows (the padding and the shifted pass at the edges)."""
-    from spotdiff.evaluation.metrics import _bucket_sort
-
-    rng = np.random.default_rng(11)
-    for n in [*range(32, 300, 7), 511, 512, 513, 1000, 4096, 4097]:
-        x = rng.random(n) * rng.choice([1e-3, 1.0, 1e6]) - rng.random()
-        out = _bucket_sort(x)
-        if out is not None:  # small n: few buckets, a cluster can overflow one
-            assert np.array_equal(out, np.sort(x)), n
 
 
 def _property_case(rng):
@@ -354,12 +301,9 @@ def _property_case(rng):
     return gts, dets, scores
 
 
-def test_vectorised_equals_loop_reference_property(monkeypatch):
-    """60 random configurations, with the bucketed score sort switched on for every size: curve,
-    scores, counts and AP identical to the per-image loop, for all size ranges and two thresholds."""
-    from spotdiff.evaluation import metrics
-
-    monkeypatch.setattr(metrics, "_BUCKET_SORT_MIN", 1)
+def test_vectorised_equals_loop_reference_property():
+    """60 random configurations: curve, scores, counts and AP identical to the per-image loop, for all
+    size ranges and two thresholds."""
     rng = np.random.default_rng(2026)
     for case in range(60):
         gts, dets, scores = _property_case(rng)
@@ -378,16 +322,15 @@ def test_vectorised_equals_loop_reference_property(monkeypatch):
                 assert v.ap == r.ap or (math.isnan(v.ap) and math.isnan(r.ap)), where
 
 
-def test_vectorised_equals_loop_reference_at_bucket_scale():
-    """Over _BUCKET_SORT_MIN detections with the module's own settings (the benchmark's path)."""
+def test_vectorised_equals_loop_reference_across_blocks(monkeypatch):
+    """Detections split over many IoU blocks (the benchmark's scale, in small blocks)."""
     from spotdiff.evaluation import metrics
 
+    monkeypatch.setattr(metrics, "_BLOCK_DETECTIONS", 1000)
     rng = np.random.default_rng(5)
     gts, dets, scores = random_case(rng, 800, max_gt=10, max_det=100)
     dets = [np.resize(d, (100, 4)) if len(d) else d for d in dets]  # 100 per image, repeats included
     scores = [rng.random(len(d)) for d in dets]
-    assert sum(map(len, scores)) >= metrics._BUCKET_SORT_MIN
-    assert metrics._bucket_sort(np.concatenate(scores)) is not None
     v = average_precision(gts, dets, scores)
     r = average_precision_loop(gts, dets, scores)
     assert (v.num_gt, v.num_det, v.num_tp) == (r.num_gt, r.num_det, r.num_tp)

@@ -139,7 +139,8 @@ def reference_boxes(heatmap, wh, offset, k: int = 100):
     scores, inds = torch.topk(heat.view(b, -1), k)
     inds = inds % (h * w)
     ys, xs = (inds // w).float(), (inds % w).int().float()
-    gather = lambda t: t.permute(0, 2, 3, 1).reshape(b, -1, 2).gather(1, inds[..., None].expand(-1, -1, 2))
+    def gather(t):
+        return t.permute(0, 2, 3, 1).reshape(b, -1, 2).gather(1, inds[..., None].expand(-1, -1, 2))
     wh_k, off_k = gather(wh), gather(offset)
     cx, cy = xs + off_k[..., 0], ys + off_k[..., 1]
     boxes = torch.stack([cx - wh_k[..., 0] / 2, cy - wh_k[..., 1] / 2,

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from helpers.images import astronaut_pair, iou
 from helpers.serve import running_server

@@ -1,5 +1,5 @@
-"""The pipeline's layout, checked statically: every dvc.yaml stage has its module under
-`spotdiff.stages`, each stage's `deps` cover every first-party module it imports (transitively,
+"""The pipeline's layout, checked statically: every dvc.yaml stage is one module under
+`spotdiff.stages` (its command and its entry point), each stage's `deps` cover every first-party module it imports (transitively,
 function-level imports included), and no first-party modules import each other in a circle.
 
 A stage whose deps miss a module it runs is a correctness bug: DVC then does not re-run it when that
@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "spotdiff"
 
-# May be left out of a stage's deps (F9): error types, atomic-write helpers, the params schema (DVC
-# tracks the params themselves) and MLflow set-up.
+# May be left out of a stage's deps: error types, atomic-write helpers, the params schema (DVC tracks
+# the params themselves: every key is spelled in params.yaml, tests/test_params.py) and MLflow set-up.
 EXEMPT = {"spotdiff", "spotdiff.errors", "spotdiff.fsutil", "spotdiff.params", "spotdiff.tracking"}
-# The command-line layer may defer imports (they keep `spotdiff --help` fast); nothing imports it.
-CLI_LAYER = ("spotdiff.cli", "spotdiff.commands")
+# The command-line layer (the CLI, the non-stage commands and the stage modules, each of which holds its
+# stage's command) may defer imports (they keep `spotdiff --help` fast); only the CLI imports it.
+CLI_LAYER = ("spotdiff.cli", "spotdiff.commands", "spotdiff.stages")
 
 
 def module_files() -> dict[str, Path]:
@@ -105,7 +106,9 @@ def stages() -> dict[str, dict]:
 STAGES = stages()
 
 
-def test_every_stage_has_its_module_with_one_entry_point():
+def test_every_stage_is_one_module_with_its_command_and_entry_point():
+    import typer
+
     from spotdiff.stages import STAGES as declared
 
     assert list(STAGES) == list(declared)
@@ -117,10 +120,25 @@ def test_every_stage_has_its_module_with_one_entry_point():
         command_name = name.replace("_", "-")  # check_params runs `spotdiff check-params`
         assert stage["cmd"].split()[:2] == ["spotdiff", command_name], (
             f"dvc.yaml stage {name} must run `spotdiff {command_name}`, got {stage['cmd']!r}")
-        # The command is a thin wrapper: it calls the stage's entry point.
-        command = importlib.import_module(f"spotdiff.commands.{name}")
-        assert f"spotdiff.stages import {name} as stage" in inspect.getsource(command), (
-            f"spotdiff.commands.{name} must call spotdiff.stages.{name}.run")
+        # The stage's command lives in the stage module, and nowhere else.
+        app = typer.Typer()
+        module.register(app)
+        assert [c.name for c in app.registered_commands] == [command_name]
+        assert inspect.getmodule(app.registered_commands[0].callback) is module
+        assert not (PACKAGE / "commands" / f"{name}.py").exists(), (
+            f"spotdiff.commands.{name}: a stage's command belongs in spotdiff/stages/{name}.py")
+
+
+def test_the_flow_runs_the_one_stage_list():
+    source = (ROOT / "flows" / "pipeline.py").read_text()
+    assert "from spotdiff.stages import STAGES" in source
+    assert "STAGES: tuple" not in source and "STAGES = (" not in source
+
+
+def test_only_the_cli_imports_the_command_line_layer():
+    importers = sorted(m for m, imported in GRAPH.items() if not m.startswith(CLI_LAYER)
+                       and any(i.startswith(CLI_LAYER) for i in imported))
+    assert importers == [], f"library modules import the command-line layer: {importers}"
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -140,10 +158,8 @@ def test_the_closure_follows_function_level_imports_and_parent_packages():
     """The walker itself: a function-level import counts, and `spotdiff.a.b` brings `spotdiff.a`."""
     assert "spotdiff.models.cyws" in closure("spotdiff.stages.train")
     assert "spotdiff.training" in closure("spotdiff.stages.train")  # the package __init__
-    inner = {m for m in MODULES if m.startswith("spotdiff.commands.")}
-    assert inner, "commands should exist"
-    # commands import stages only inside functions; the walker must still see it
-    assert "spotdiff.stages.train" in GRAPH["spotdiff.commands.train"]
+    # stage modules import the library only inside functions; the walker must still see it
+    assert "spotdiff.training.lit" in GRAPH["spotdiff.stages.train"]
 
 
 def _cycles() -> list[list[str]]:

@@ -1,9 +1,10 @@
 """The `spotdiff` command line: `detect`, and one sub-command per pipeline stage.
 
-Each command lives in its own module under `spotdiff.commands` and exposes `register(app)`; this
-file only discovers them and turns a `SpotdiffError` into one line on stderr and exit code 2.
-Command modules import heavy libraries (torch, mlflow, …) inside their functions so that
-`spotdiff --help` stays fast.
+Each pipeline stage's command is in its stage module (`spotdiff.stages.<name>`, listed in
+`spotdiff.stages.STAGES`), every other command in its own module under `spotdiff.commands`; each
+module exposes `register(app)`. This file only collects them and turns a `SpotdiffError` into one
+line on stderr and exit code 2. Those modules import heavy libraries (torch, mlflow, …) and the rest
+of spotdiff inside their functions so that `spotdiff --help` stays fast.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def _root(
 
 def _register_commands() -> None:
     import spotdiff.commands as commands
+    from spotdiff.stages import STAGES
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"spotdiff.commands.{info.name}")
-        register = getattr(module, "register", None)
+    names = [f"spotdiff.stages.{stage}" for stage in STAGES]
+    names += [f"spotdiff.commands.{info.name}"
+              for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name)]
+    for name in names:
+        register = getattr(importlib.import_module(name), "register", None)
         if register is not None:
             register(app)
 

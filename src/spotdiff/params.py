@@ -2,7 +2,9 @@
 
 Every section is a frozen pydantic model (`extra="forbid"`); the built-in defaults are the values of
 the repository's params.yaml (the embedded, CPU-sized profile), so `spotdiff` run from a folder with
-no params.yaml behaves as inside the repository. Every stage reads its own section through
+no params.yaml behaves as inside the repository. params.yaml and every profile spell out every field
+(tests/test_params.py): DVC tracks only the keys a file spells, so a field added here alone would
+change a stage's output while `dvc repro` calls it up to date. Every stage reads its own section through
 `load_params()`; a wrong type, an out-of-range value, an unknown choice or an unknown key raises a
 one-line `SpotdiffError` naming the dotted key and the fix, whether the values come from a file, a
 dict (`params_from_dict`, `Model.model_validate`) or keywords (`TrainParams(lr=-1)`).
@@ -37,6 +39,14 @@ from pydantic_core import PydanticCustomError
 from spotdiff.errors import SpotdiffError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+# ---------------------------------------------------------------- method names
+# The change-detection methods, by the names params.yaml, the CLI and the API use; the CLI's default
+# first. The one list of them: `spotdiff.methods.registry` maps each to its Detector class (and
+# refuses to load when the two disagree); the schema below checks `evaluate.methods` against it.
+
+MethodName = Literal["ssim", "cyws"]
+METHOD_NAMES: tuple[str, ...] = typing.get_args(MethodName)
 
 # ---------------------------------------------------------------- model limits
 # The CYWS network's settings: the params schema below checks them, and `spotdiff.models` builds
@@ -154,7 +164,7 @@ def _field_at(cls: type[BaseModel], loc: list[str]) -> Any:
 
 def _one_line(cls: type[_Section], exc: ValidationError) -> SpotdiffError:
     """The one-line message for the first error pydantic found while building a `cls`: the dotted key,
-    the rule it breaks (in the words of the former hand-written checks), the value, the fix."""
+    the rule it breaks, the value, the fix."""
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"]]
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
@@ -229,8 +239,7 @@ class _Section(BaseModel):
     def validate(self, key: str | None = None) -> None:  # type: ignore[override]
         """Check the values again (a model is checked when built; `model_copy(update=...)` is not).
 
-        `key` is accepted for the callers of the former dataclasses; messages name the section's
-        own place in params.yaml."""
+        `key` is ignored: messages name the section's own place in params.yaml."""
         type(self).model_validate(self.model_dump())
 
 
@@ -369,7 +378,7 @@ class ModelParams(_Section):
     # U-Net decoder widths, deepest block first; the head's hidden width is the last one. The
     # reference (and its published weights): REFERENCE_DECODER_CHANNELS = 256, 256, 128, 128, 64.
     # The decoder and head run at full resolution and take most of a CPU step at 64 px: quarter
-    # widths make a 64 px step ~3.6x cheaper.
+    # widths make a step much cheaper (BENCHMARKS.md, training step).
     decoder_channels: tuple[int, ...] = (64, 64, 32, 32, 16)
 
     @field_validator("image_size")
@@ -466,7 +475,7 @@ class SsimParams(_Section):
     grouping: Literal["objects", "components"] = "objects"
     morph_kernel: StrictInt = Field(5, ge=0, le=255)  # "components" only
     # "objects": pixels above hysteresis × threshold join a region that has a pixel above threshold.
-    # 1.0 (off) by default: below 1 boxes grow into the SSIM window's halo (stand-in COCO AP 0.37 → 0.21 at 0.5).
+    # 1.0 (off) by default: below 1 boxes grow into the SSIM window's halo, which costs COCO AP.
     hysteresis: StrictFloat = Field(1.0, gt=0, le=1)
     # "objects": fragments closer than this fraction of the working frame's longer side are one object.
     group_gap: StrictFloat = Field(0.012, ge=0, lt=0.5)
@@ -477,8 +486,8 @@ class SsimParams(_Section):
     min_area_fraction: StrictFloat = Field(0.00002, ge=0, lt=1)
     max_side: StrictInt = Field(1024, ge=64, le=SIDE_MAX)
     # A working frame whose longer side is above this gets its difference map (SSIM, colour term,
-    # regions) on every 2nd pixel, from statistics over every pixel (~3× faster at 1024²; boxes on a
-    # 2-px grid). 0 = always every pixel. The torch backend always computes every pixel.
+    # regions) on every 2nd pixel, from statistics over every pixel (faster: BENCHMARKS.md, SSIM;
+    # boxes on a 2-px grid). 0 = always every pixel. The torch backend always computes every pixel.
     map_side: StrictInt = Field(512, ge=0, le=SIDE_MAX)
     # auto: homography from feature matches when they support one, else identity (the choice is in
     # the report); homography: features, then ECC, then identity, each fallback a warning; none.
@@ -547,8 +556,8 @@ class EvaluateParams(_Section):
     # Worker processes reading test pairs (0 = in the main process).
     num_workers: StrictInt = Field(0, ge=0, le=256)
     # How CYWS's forward pass runs (spotdiff.methods.engines.ENGINES): auto = ONNX Runtime on a CPU
-    # (same boxes, 2-3x eager at 256², BENCHMARKS.md), eager on a GPU; or eager | onnxruntime |
-    # channels_last | compile | bf16.
+    # (same boxes, faster than eager: BENCHMARKS.md, CYWS inference engines), eager on a GPU; or
+    # eager | onnxruntime | channels_last | compile | bf16.
     engine: Literal["auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"] = "auto"
     # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
     # process running its share of the batches (one GPU each); rank 0 scores: the same files.
@@ -559,8 +568,8 @@ class EvaluateParams(_Section):
     @classmethod
     def _methods(cls, value: Any) -> tuple:
         items = _as_list(value)
-        if not items or not all(isinstance(m, str) and m in ("cyws", "ssim") for m in items):
-            raise _rule_error("a non-empty list of cyws, ssim", items)
+        if not items or not all(isinstance(m, str) and m in METHOD_NAMES for m in items):
+            raise _rule_error("a non-empty list of " + ", ".join(sorted(METHOD_NAMES)), items)
         if len(set(items)) != len(items):
             raise _rule_error("without repeats", items)
         return tuple(items)

@@ -167,3 +167,29 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, vmi
         m = cv2.resize(np.asarray(mask, dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         out = np.where(m[..., None], out, img)
     return out
+
+
+def outline_boxes(image: np.ndarray, boxes: np.ndarray | Sequence,
+                  color: tuple[int, int, int] = (255, 0, 0)) -> np.ndarray:
+    """1-px outlines of xyxy boxes, no tags: for pictures at a model's input size, where tags would
+    hide the image."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4):
+        top_left = (int(round(x1)), int(round(y1)))
+        bottom_right = (int(round(x2)) - 1, int(round(y2)) - 1)  # cv2 corners are inclusive
+        cv2.rectangle(out, top_left, bottom_right, color, 1)
+    return out
+
+
+def pair_grid(rows: Sequence[tuple[np.ndarray, np.ndarray]], side: int, gap: int = 4) -> np.ndarray:
+    """Rows of (A, B) images of `side`² each, A | B per row, separated by white `gap`-px lines; one white
+    row when there is none."""
+    if not rows:
+        return np.full((side, 2 * side + gap, 3), 255, dtype=np.uint8)
+    sep = np.full((side, gap, 3), 255, dtype=np.uint8)
+    lines = [np.concatenate([a, sep, b], axis=1) for a, b in rows]
+    between = np.full((gap, lines[0].shape[1], 3), 255, dtype=np.uint8)
+    parts = [part for line in lines for part in (line, between)][:-1]
+    return np.concatenate(parts, axis=0)

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import exclusive_lock
 from spotdiff.params import load_params
 
 MARKERS = ("params.yaml", "dvc.yaml")
@@ -340,20 +339,3 @@ def sweep_dead_runs(client: Any, experiment_id: str) -> list[str]:
         client.set_terminated(run.info.run_id, status="KILLED")
         swept.append(run.info.run_id)
     return swept
-
-
-@contextmanager
-def registry_lock(uri: str, wait_s: float = 600.0) -> Iterator[None]:
-    """One registration at a time per local store (a file lock beside the SQLite file), so two
-    `register` runs of the same model make one version; servers serialise nothing here."""
-    local = local_store_path(uri)
-    if local is None or not local.parent.is_dir():
-        yield
-        return
-
-    def timed_out() -> SpotdiffError:
-        return SpotdiffError(f"MLflow store {redact_uri(uri)}: another registration has held it "
-                             f"for {wait_s:.0f} s; wait for it to finish and rerun")
-
-    with exclusive_lock(local.parent / ".spotdiff-register.lock", wait_s, timed_out, mode="w"):
-        yield

@@ -4,10 +4,8 @@ ordinary permissions, and a stage that fails leaves no empty --out behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 import yaml

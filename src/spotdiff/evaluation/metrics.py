@@ -17,13 +17,10 @@ The paper's protocol (and the authors' `utils/voc_eval.py`, the chainercv/FCOS V
   a fraction of a pixel per side.
 
 Because the VOC rule matches each detection to its argmax GT regardless of order, the whole thing
-vectorises: IoU of every (detection, GT-of-its-image) pair in cache-sized chunks of images, one GT
-slot at a time (`_matched_gt`); "first detection in global score order per GT" as "highest score,
-then lowest index" per GT (`_first_matches`), since a GT's detections are all in its image; and the
-global order itself from one value sort of the scores (`_rank`), done by 16-bit buckets and short
-row sorts (`_bucket_sort`) where numpy's own sort of a long array is slow. `average_precision_loop`
-is the straightforward per-image loop kept as the readable reference (tests check the two agree bit
-for bit, `benchmarks/bench_ap.py` to 1e-6).
+vectorises: the IoU of every detection with every GT of its image (`_matched_gt`), "first detection in global score order per GT" as "highest score, then lowest
+index" per GT (`_first_matches`), since a GT's detections are all in its image, and one stable sort
+of the scores for the curve. `average_precision_loop` is the straightforward per-image loop kept as
+the readable reference (tests check the two agree bit for bit).
 
 No GT at all: AP is undefined and returned as NaN (`num_gt == 0`); callers report it as missing.
 
@@ -184,12 +181,8 @@ def _ap_at_true_positives(precision: np.ndarray, recall: np.ndarray, tp_sorted: 
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
-    """Box areas, the same arithmetic as `spotdiff.boxes.box_areas` (np.maximum is faster than clip)."""
-    return _areas_planes(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
-
-
-def _areas_planes(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
-    return np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    """Box areas of the last axis's xyxy, the arithmetic of `spotdiff.boxes.box_areas`."""
+    return (boxes[..., 2] - boxes[..., 0]).clip(0) * (boxes[..., 3] - boxes[..., 1]).clip(0)
 
 
 def _in_range(areas: np.ndarray, area_range: tuple[float, float] | None) -> np.ndarray:
@@ -199,107 +192,38 @@ def _in_range(areas: np.ndarray, area_range: tuple[float, float] | None) -> np.n
     return (areas >= lo) & (areas < hi)
 
 
-def _descending(scores: np.ndarray) -> np.ndarray:
-    """Indices sorting scores high to low, ties in input order (same result as a stable sort).
-
-    A quicksort, then runs of equal scores are put back in index order with one integer sort of
-    run_id·N + index (cheaper than numpy's stable float sort, which is timsort).
-    """
-    n = scores.size
-    order = np.argsort(-scores)
-    s = scores[order]
-    eq = s[1:] == s[:-1]
-    if n > 1 and eq.any():
-        run = np.concatenate(([0], np.cumsum(~eq)))
-        order = np.sort(run * n + order) % n
-    return order
+# Detections per block of the IoU computation: bounds its temporaries (a few MB per GT of an image).
+_BLOCK_DETECTIONS = 1 << 16
 
 
-# Detections × GT slots computed per chunk of images; ~32k values per temporary keeps them in cache.
-_CHUNK_ELEMENTS = 1 << 15
+def _matched_gt(dets: np.ndarray, det_img: np.ndarray, gts: np.ndarray, gt_start: np.ndarray,
+                ng: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """For every detection, the GT it matches, or -1: the GT of its image with the highest IoU (first
+    index on ties) when that IoU is >= `iou_threshold`.
 
-
-def _matched_gt(dets: np.ndarray, det_start: np.ndarray, nd: np.ndarray, gts: np.ndarray,
-                gt_start: np.ndarray, ng: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """For every detection (image-major), the GT it matches, or -1.
-
-    The match is the GT of its image with the highest IoU (first index on ties) when that IoU is
-    >= `iou_threshold`. Images are sorted by GT count (most first) and taken in chunks, each laid out
-    as an images × detections grid; GT slot k is then compared with the leading rows of the grid
-    (those images have a k-th GT), keeping a running max that only a strictly higher IoU replaces --
-    the argmax's first-index rule -- with every array contiguous and no GT padding.
-    """
-    matched_gt = np.full(dets.shape[0], -1, dtype=np.int64)
-    sel = np.flatnonzero((ng > 0) & (nd > 0))
-    if sel.size == 0:
-        return matched_gt
-    sel = sel[np.argsort(-ng[sel], kind="stable")]
-    g_cols = [np.ascontiguousarray(gts[:, k]) for k in range(4)] + [_areas(gts)]
-    g_positive = g_cols[4].min() > 0 and g_cols[4].max() < np.inf
-    dmax = int(nd[sel].max())
-    # Every image with the same number of detections: the grid is a reshape and a chunk a row gather.
-    uniform = bool((nd == dmax).all())
-    if uniform:
-        det_grid = dets.reshape(nd.size, dmax, 4)
-        grid_gt = matched_gt.reshape(nd.size, dmax)
-    rows = max(1, _CHUNK_ELEMENTS // dmax)
-    t1, t2, t3, best = (np.empty((rows, dmax)) for _ in range(4))
-    zeros = np.zeros((rows, dmax))  # clamping against an array is ~3× faster than against a scalar 0
-    better = np.empty((rows, dmax), dtype=bool)
-    best_slot = np.empty((rows, dmax), dtype=np.int64)
-    ar = np.arange(dmax)
-    for lo in range(0, sel.size, rows):
-        imgs = sel[lo:lo + rows]
-        n_img, gmax = imgs.size, int(ng[imgs[0]])
-        if uniform:
-            block = np.take(det_grid, imgs, axis=0)
-        else:
-            didx = det_start[imgs][:, None] + ar
-            valid = ar < nd[imgs][:, None]
-            didx = np.where(valid, didx, det_start[imgs][:, None])  # padding repeats the first box
-            block = dets[didx]
-        x1, y1, x2, y2 = np.moveaxis(block, 2, 0).copy()  # contiguous coordinate planes
-        area = _areas_planes(x1, y1, x2, y2)
-        # With every area positive and finite, union > 0 for every pair (intersection <= the smaller
-        # area, also in floating point), so IoU is a plain division; else pairs with union 0 get 0.
-        positive = g_positive and area.min() > 0 and area.max() < np.inf
-        # Then, with a positive threshold, the height needs no clamp: where it is negative the
-        # intersection (width clamped, times height) and the IoU are <= 0, below any match, and every
-        # IoU that can match (> 0) has the same bits as with the clamp.
-        clamp_h = not (positive and iou_threshold > 0)
-        gidx = gt_start[imgs][:, None] + np.minimum(np.arange(gmax), ng[imgs][:, None] - 1)
-        gx1, gy1, gx2, gy2, garea = (col[gidx] for col in g_cols)
-        # Images with a k-th GT: a prefix of the chunk (sorted by GT count, most first).
-        has_slot = np.searchsorted(-ng[imgs], -np.arange(gmax), side="left")
-        for k, c in enumerate(has_slot.tolist()):
-            iw = np.minimum(x2[:c], gx2[:c, k, None], out=t1[:c])
-            iw -= np.maximum(x1[:c], gx1[:c, k, None], out=t2[:c])
-            np.maximum(iw, zeros[:c], out=iw)
-            ih = np.minimum(y2[:c], gy2[:c, k, None], out=t2[:c])
-            ih -= np.maximum(y1[:c], gy1[:c, k, None], out=t3[:c])
-            if clamp_h:
-                np.maximum(ih, zeros[:c], out=ih)
-            iw *= ih  # intersection
-            union = np.add(area[:c], garea[:c, k, None], out=t3[:c])
-            union -= iw
-            iou = best[:c] if k == 0 else t2[:c]
-            if positive:
-                np.divide(iw, union, out=iou)
-            else:
-                iou.fill(0.0)
-                np.divide(iw, union, out=iou, where=union > 0)
-            if k == 0:
-                best_slot[:c] = 0
-            else:
-                np.greater(iou, best[:c], out=better[:c])
-                np.maximum(best[:c], iou, out=best[:c])  # = iou where better (no NaN here)
-                np.copyto(best_slot[:c], k, where=better[:c])
-        found = np.where(best[:n_img] >= iou_threshold, gt_start[imgs][:, None] + best_slot[:n_img], -1)
-        if uniform:
-            grid_gt[imgs] = found
-        else:
-            matched_gt[didx[valid]] = found[valid]
-    return matched_gt
+    Every (detection, GT of its image) pair, detection-major, as flat coordinate columns; IoU with the
+    arithmetic of `spotdiff.boxes.iou_matrix` (the same bits); then per detection the segment's max
+    and the first pair that reaches it."""
+    matched = np.full(dets.shape[0], -1, dtype=np.int64)
+    with_gt = np.flatnonzero(ng[det_img])
+    d_cols = [np.ascontiguousarray(dets[:, k]) for k in range(4)]
+    g_cols = [np.ascontiguousarray(gts[:, k]) for k in range(4)]
+    for lo in range(0, with_gt.size, _BLOCK_DETECTIONS):
+        sel = with_gt[lo:lo + _BLOCK_DETECTIONS]
+        count = ng[det_img[sel]]
+        seg = np.concatenate(([0], np.cumsum(count)[:-1]))  # each detection's first pair
+        pair_det = np.repeat(sel, count)
+        pair_gt = np.repeat(gt_start[det_img[sel]] - seg, count) + np.arange(pair_det.size)
+        dx1, dy1, dx2, dy2 = (c[pair_det] for c in d_cols)
+        gx1, gy1, gx2, gy2 = (c[pair_gt] for c in g_cols)
+        inter = ((np.minimum(dx2, gx2) - np.maximum(dx1, gx1)).clip(0)
+                 * (np.minimum(dy2, gy2) - np.maximum(dy1, gy1)).clip(0))
+        union = (dx2 - dx1).clip(0) * (dy2 - dy1).clip(0) + (gx2 - gx1).clip(0) * (gy2 - gy1).clip(0) - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        best = np.maximum.reduceat(iou, seg)
+        first = np.minimum.reduceat(np.where(iou == np.repeat(best, count), np.arange(iou.size), iou.size), seg)
+        matched[sel] = np.where(best >= iou_threshold, pair_gt[first], -1)
+    return matched
 
 
 def _first_matches(matched_gt: np.ndarray, scores: np.ndarray, n_gt: int) -> np.ndarray:
@@ -320,81 +244,6 @@ def _first_matches(matched_gt: np.ndarray, scores: np.ndarray, n_gt: int) -> np.
     np.minimum.at(first, gt[at_top], idx[at_top])
     tp[first[first < matched_gt.size]] = True
     return tp
-
-
-# Value sort by buckets: above this many values, and with at most _BUCKET_CAP values per bucket.
-_BUCKET_SORT_MIN = 1 << 12
-_BUCKET_CAP = 128
-
-
-def _sort_values(x: np.ndarray) -> np.ndarray:
-    """`np.sort(x)` (ascending values) of a 1-D float64 array without NaN; `_bucket_sort` when it can."""
-    out = _bucket_sort(x) if x.size >= _BUCKET_SORT_MIN else None
-    return np.sort(x) if out is None else out
-
-
-def _bucket_sort(x: np.ndarray) -> np.ndarray | None:
-    """The values of a 1-D float64 array without NaN in ascending order, or None if the data do not fit.
-
-    numpy's sort of a long float64 array partitions with AVX-512 compress-stores, which some CPUs
-    (AMD Zen 4) run slowly, while rows of <= 256 values go through a sorting network at a fraction
-    of the cost per value. So: one linear bucket per ~16 values, `floor((x - min) * (buckets - 1) /
-    (max - min))` (monotone in x, also in floating point: every step rounds monotonically), values
-    laid out bucket by bucket with one radix argsort of the 16-bit bucket ids, then rows of 2·cap
-    values sorted twice, the second pass shifted by cap. With at most cap values per bucket every
-    bucket lies inside one row of one of the passes, and a pass only reorders values inside the
-    buckets it covers, so the result is sorted. None when a bucket holds over cap values (values
-    clustered in a narrow range, or many equal values) or the range is infinite.
-    """
-    n = x.size
-    if n == 0:
-        return None
-    lo, hi = x.min(), x.max()
-    buckets = max(2, min(1 << 16, n // 16))
-    with np.errstate(all="ignore"):
-        scale = (buckets - 1) / (hi - lo)
-    if not (np.isfinite(scale) and scale > 0):
-        return None
-    cap = _BUCKET_CAP
-    size = -(-(n + cap) // (2 * cap)) * 2 * cap  # rows of 2·cap, and room for the shifted pass
-    out = np.empty(size)
-    t = np.subtract(x, lo, out=out[:n])  # scratch first, then the output
-    t *= scale  # in [0, buckets - 1] up to one rounding: below 2**16
-    bucket = t.astype(np.uint16)
-    if np.bincount(bucket, minlength=buckets).max() > cap:
-        return None
-    np.take(x, np.argsort(bucket, kind="stable"), out=out[:n])  # stable on uint16: a radix sort
-    out[n:] = np.inf  # padding, >= every value: it stays at the end
-    out.reshape(-1, 2 * cap).sort(axis=1)
-    out[cap:size - cap].reshape(-1, 2 * cap).sort(axis=1)
-    return out[:n]
-
-
-def _rank(scores: np.ndarray, is_tp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(TP flags, scores) in global order: scores high to low, ties in input order.
-
-    A value sort of the scores, not an argsort (about half the time): a TP's place is found by
-    searching its score, which is exact unless some FP has the same score as a TP (then their input
-    order matters and the stable argsort `_descending` decides). Ties among FPs only, or among TPs
-    only, leave the same flags in either order.
-    """
-    ascending = _sort_values(scores)
-    tp_scores = _sort_values(scores[is_tp])
-    lo = np.searchsorted(ascending, tp_scores, side="left")
-    if tp_scores.size > 1 and np.any(tp_scores[1:] == tp_scores[:-1]):  # TPs sharing a score
-        tp_lo = np.searchsorted(tp_scores, tp_scores, side="left")
-        tp_hi = np.searchsorted(tp_scores, tp_scores, side="right")
-        place = lo + np.arange(tp_scores.size) - tp_lo  # the i-th TP of a score: lo + i
-        end = lo + tp_hi - tp_lo  # the m TPs of a score take lo .. end - 1 if no FP has that score
-    else:  # each TP score held once among the TPs
-        place, end = lo, lo + 1
-    inside = end < scores.size
-    if np.any(ascending[end[inside]] == tp_scores[inside]):  # a score held by a TP and an FP
-        order = _descending(scores)
-        return is_tp[order], scores[order]
-    flags = np.zeros(scores.size, dtype=bool)  # in descending order (contiguous for the cumsum)
-    flags[scores.size - 1 - place] = True
-    return flags, ascending[::-1]
 
 
 def average_precision(
@@ -430,10 +279,10 @@ def average_precision(
         keep.sort()  # back to input order within each image
         dets, scores = dets[keep], scores[keep]
         nd = np.minimum(nd, max_boxes)
-    det_start = np.concatenate(([0], np.cumsum(nd)[:-1])).astype(np.int64)
     gt_start = np.concatenate(([0], np.cumsum(ng)[:-1])).astype(np.int64)
+    det_img = np.repeat(np.arange(n_img), nd)
 
-    matched_gt = _matched_gt(dets, det_start, nd, gts, gt_start, ng, iou_threshold)
+    matched_gt = _matched_gt(dets, det_img, gts, gt_start, ng, iou_threshold)
     gt_in = _in_range(_areas(gts), area_range)
     num_gt = int(gt_in.sum())
     is_tp = _first_matches(matched_gt, scores, gts.shape[0])
@@ -443,12 +292,8 @@ def average_precision(
         ignored = np.where(matched, ~gt_in[np.maximum(matched_gt, 0)] if gts.size else False,
                            ~_in_range(_areas(dets), area_range))
         scores, is_tp = scores[~ignored], is_tp[~ignored]
-    # The boxes (32 MB for 1 M detections) and matches are done with: free them before the sort and
-    # the curve allocate theirs, so those reuse pages instead of faulting in new ones.
-    del dets, matched_gt
-    tp_sorted, scores_sorted = _rank(scores, is_tp)
-    del scores, is_tp
-    return _result(tp_sorted, scores_sorted, num_gt)
+    order = np.argsort(-scores, kind="stable")  # high to low, ties in input order
+    return _result(is_tp[order], scores[order], num_gt)
 
 
 def average_precision_loop(

@@ -13,8 +13,8 @@ model's device), so `spotdiff.models.centernet.decode` turns any of them into bo
     channels_last  eager fp32 on an NHWC copy of the model
     compile        `torch.compile` (inductor, weights frozen); the first call compiles (minutes on 2 cores)
     bf16           eager under bf16 autocast; not exact (bf16 has 8 mantissa bits), for GPUs
-    auto           onnxruntime on the CPU (R50@256 on 2 cores: 1.4-1.6× eager at batch 1, 2.3-2.4× at
-                   batch 16, same boxes; BENCHMARKS.md), eager on a GPU
+    auto           onnxruntime on the CPU (faster than eager, same boxes: BENCHMARKS.md, CYWS
+                   inference engines), eager on a GPU
 
 `detections_agree` is the equality check the benchmark and the tests use: same top-k peaks (scores
 within a tolerance) and box coordinates within 0.5 px.

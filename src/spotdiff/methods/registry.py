@@ -1,7 +1,10 @@
 """The registry of change-detection methods: name → Detector class, and `build_detector`.
 
-The only place that knows which methods exist. `spotdiff detect`, the evaluate stage and the CLI
-look a method up here by the name the user or params.yaml gives, then use the `Detector` interface.
+The only place that maps a method's name to its code. The names themselves are
+`spotdiff.params.METHOD_NAMES` (the params schema needs them without importing torch); each
+Detector class carries its own `name`, and importing this module fails when the two disagree.
+`spotdiff detect`, the evaluate stage and the CLI look a method up here by the name the user or
+params.yaml gives, then use the `Detector` interface.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from spotdiff.errors import SpotdiffError
 from spotdiff.methods.base import Detector
 from spotdiff.methods.learned import CywsDetector, is_registry_reference
 from spotdiff.methods.pixelwise import SsimDetector
+from spotdiff.params import METHOD_NAMES
 
-# name → factory (the class; `Detector.build` makes one). Order: the CLI's default method first.
+# name → factory (the class; `Detector.build` makes one), in METHOD_NAMES's order.
 METHODS: dict[str, type[Detector]] = {cls.name: cls for cls in (SsimDetector, CywsDetector)}
+if tuple(METHODS) != METHOD_NAMES:
+    raise ImportError(f"spotdiff.methods.registry: the Detector classes are named {tuple(METHODS)}, "
+                      f"spotdiff.params.METHOD_NAMES is {METHOD_NAMES}; make them agree")
 
 
 def method_class(name: str, what: str = "method") -> type[Detector]:

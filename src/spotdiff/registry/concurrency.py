@@ -1,10 +1,13 @@
-"""One promotion at a time per registered model, across processes and machines.
+"""One registration or promotion at a time per registered model, across processes and machines.
 
-Moving `champion` is read - decide - write: read the current champion's metric, apply the champion
-rule, set the alias. MLflow sets an alias atomically but has no compare-and-set, so two clients that
-register at once can both read the same champion and the later write wins, even when it is the worse
-model. `promotion_lock(registry_uri, model_name)` makes the three steps one critical section, held
-with the registry database's own locking:
+Registering is look up - create - decide: find a version made from the same model file (so one file
+is registered once), create the version, then read the current champion's metric, apply the champion
+rule and set the alias. MLflow sets an alias atomically but has no compare-and-set, so two clients
+that register at once could both make a version of one file, or both read the same champion and let
+the later write win even when it is the worse model. `promotion_lock(registry_uri, model_name)` makes
+a whole registration (`spotdiff.registry.versions.register_version`) and a hand promotion
+(`promote_version`) one critical section, held with the registry database's own locking; it is the
+only lock around the registry:
 
 - PostgreSQL (`postgresql://…`, any `+driver`): a session advisory lock, `pg_advisory_lock(key)` with
   `key` derived from the model name, on a connection of its own. It needs no table privileges (a

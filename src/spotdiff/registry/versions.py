@@ -59,7 +59,18 @@ def register_version(params: Any, model_path: Path, run_id: Optional[str], metri
 
     Returns the record of what happened (version, aliases, decision and reason, champion before and
     after, provenance).
+
+    The whole registration holds the model's one lock (`spotdiff.registry.concurrency.promotion_lock`),
+    from the md5 look-up to the decision: two clients registering the same file make one version, and
+    two new models are compared with whichever became champion first.
     """
+    uri = mlflow.get_tracking_uri()
+    with promotion_lock(uri, params.register.model_name):
+        return _register_version(params, model_path, run_id, metrics, root, file_md5, make_run)
+
+
+def _register_version(params: Any, model_path: Path, run_id: Optional[str], metrics: dict[str, float],
+                      root: Path, file_md5: Optional[str], make_run: Optional[Callable[[], str]]) -> dict:
     reg = params.register
     metric = reg.primary_metric
     new_value = metrics[metric]
@@ -73,7 +84,7 @@ def register_version(params: Any, model_path: Path, run_id: Optional[str], metri
         "primary_metric": {"name": metric, "value": new_value},
         "promote_margin": reg.promote_margin,
         "ap_floor": reg.ap_floor,
-        "champion_before": champion_info(client, reg.model_name, metric),  # re-read under the lock
+        "champion_before": champion_info(client, reg.model_name, metric),
         "git": git,
         "model_md5": md5,
         "metrics": metrics,
@@ -123,18 +134,17 @@ def register_version(params: Any, model_path: Path, run_id: Optional[str], metri
         version, logged_uri, adopted = str(mv.version), info.model_uri, False
     client.set_registered_model_alias(reg.model_name, CHALLENGER, version)
 
-    # Read the champion, decide and move the alias as one step: a client registering at the same time
-    # waits here, then compares against whoever won (spotdiff.registry.concurrency).
-    with promotion_lock(uri, reg.model_name):
-        champion_before = record["champion_before"] = champion_info(client, reg.model_name, metric)
-        promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
-        if adopted:
-            reason = f"adopted version {version}, left without a decision by an interrupted run; {reason}"
-        if promote:
-            client.set_registered_model_alias(reg.model_name, CHAMPION, version)
-            client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {now()}")
-        decision = "promoted" if promote else "kept"
-        client.set_model_version_tag(reg.model_name, version, DECISION_TAG, decision)  # the last step
+    # Read the champion, decide and move the alias (under the caller's lock: a client registering at
+    # the same time compares against whoever won).
+    champion_before = record["champion_before"] = champion_info(client, reg.model_name, metric)
+    promote, reason = decide(new_value, champion_before, reg.promote_margin, reg.ap_floor, metric)
+    if adopted:
+        reason = f"adopted version {version}, left without a decision by an interrupted run; {reason}"
+    if promote:
+        client.set_registered_model_alias(reg.model_name, CHAMPION, version)
+        client.set_model_version_tag(reg.model_name, version, "promoted", f"auto {now()}")
+    decision = "promoted" if promote else "kept"
+    client.set_model_version_tag(reg.model_name, version, DECISION_TAG, decision)  # the last step
     return {
         **record,
         "version": int(version),

@@ -1,9 +1,13 @@
-"""The pipeline's stages: one module per `dvc.yaml` stage, each with one entry point, `run(params, ...)`.
+"""The pipeline's stages: one module per `dvc.yaml` stage, in `dvc.yaml`'s order.
 
-A stage module builds objects from the params and calls into the library; it holds no algorithm of
-its own. Its docstring lists what it reads and writes. The `spotdiff <stage>` commands are thin
-wrappers (`spotdiff check-params` for `check_params`) that parse options, call `run` and print its summary. `dvc.yaml` lists, for each stage,
-this module and every first-party module it imports (checked by `tests/test_stages.py`).
+A stage module is the whole stage: its `spotdiff <name>` command (`spotdiff check-params` for
+`check_params`), its entry point `run(params, ...)` that builds objects from the params and calls
+the library, and a docstring listing what it reads and writes. Like the rest of the command-line
+layer it imports the library inside its functions, so `spotdiff --help` stays fast. `dvc.yaml` lists,
+for each stage, this module and every first-party module it imports (`tests/test_stages.py`).
+
+`STAGES` is the one list of stage names: the CLI registers their commands from it, the Prefect flow
+runs them in its order, and `tests/test_stages.py` checks it against `dvc.yaml`.
 """
 
 STAGES = ("check_params", "data", "inpaint", "pairs", "train", "testsets", "evaluate", "register")

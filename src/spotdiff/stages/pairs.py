@@ -1,4 +1,5 @@
-"""The `pairs` stage: the manifest of training and validation pairs, and a picture of a few of them.
+"""The `pairs` stage (`spotdiff pairs`): the manifest of training and validation pairs, and a picture
+of a few of them.
 
 Reads: `params.pairs` (and `model.image_size` for the preview), the COCO-Inpainted folder.
 Writes: `<out>/manifest.json` (pairs drawn per source item, split by source image) and
@@ -7,61 +8,50 @@ Writes: `<out>/manifest.json` (pairs drawn per source item, split by source imag
 
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-import torch
+import typer
 
-from spotdiff.data.pairs import MANIFEST, PREVIEW, build_manifest
-from spotdiff.data.pairs_dataset import PairDataset
-from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import atomic_paths
-from spotdiff.imageio import write_png, write_png_to
-from spotdiff.params import AugmentParams, Params
-
-
-def _outline(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    """1-px box outlines (the preview is drawn at the model's input size, where labels would hide it)."""
-    out = np.ascontiguousarray(image.copy())
-    for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4):
-        top_left = (int(round(x1)), int(round(y1)))
-        bottom_right = (int(round(x2)) - 1, int(round(y2)) - 1)  # cv2 corners are inclusive
-        cv2.rectangle(out, top_left, bottom_right, color, 1)
-    return out
+if TYPE_CHECKING:
+    from spotdiff.params import AugmentParams, Params
 
 
 def render_preview(manifest_path: str | Path, out_path: str | Path, count: int, image_size: int,
-                   augment: AugmentParams, seed: int = 0, write=write_png) -> int:
+                   augment: AugmentParams, seed: int = 0, write=None) -> int:
     """A grid of `count` augmented train pairs (a | b per row) with their boxes; returns rows drawn."""
+    import numpy as np
+
+    from spotdiff.data.pairs_dataset import PairDataset
+    from spotdiff.imageio import write_png
+    from spotdiff.render import outline_boxes, pair_grid
+
     dataset = PairDataset(manifest_path, "train", image_size, augment, seed=seed, deterministic=True)
-    rows = []
     rng = np.random.default_rng([seed, 2])
     picks = rng.permutation(len(dataset))[:count] if count else []
+    rows = []
     for i in picks:
         item = dataset[int(i)]
-        a = (item["image_a"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        b = (item["image_b"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        sep = np.full((image_size, 4, 3), 255, dtype=np.uint8)
-        rows.append(np.concatenate([_outline(a, item["boxes_a"].numpy(), (255, 0, 0)), sep,
-                                    _outline(b, item["boxes_b"].numpy(), (255, 0, 0))], axis=1))
-    if not rows:
-        grid = np.full((image_size, 2 * image_size + 4, 3), 255, dtype=np.uint8)
-    else:
-        gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
-        grid = np.concatenate(list(itertools.chain.from_iterable((r, gap) for r in rows))[:-1], axis=0)
-    write(out_path, grid)
+        a, b = ((item[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for k in ("image_a", "image_b"))
+        rows.append((outline_boxes(a, item["boxes_a"].numpy()), outline_boxes(b, item["boxes_b"].numpy())))
+    (write or write_png)(out_path, pair_grid(rows, image_size))
     return len(rows)
 
 
 def run(params: Params, inpainted: str | Path, out: str | Path) -> dict:
     """Write `manifest.json` and `preview.png` into `out`, both or neither (a write failure or a kill
     leaves no manifest without its preview, nor an empty `out`); returns the pair counts."""
+    import json
+
+    import torch
+
+    from spotdiff.data.pairs import MANIFEST, PREVIEW, build_manifest
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.fsutil import atomic_paths
+    from spotdiff.imageio import write_png_to
+
     out = Path(out)
-    # Per-pair augmentation works on small tensors: intra-op threads only contend (10x slower on a
-    # busy 2-core machine).
+    # Per-pair augmentation works on small tensors: intra-op threads only contend.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -78,3 +68,28 @@ def run(params: Params, inpainted: str | Path, out: str | Path) -> dict:
     finally:
         torch.set_num_threads(threads)
     return manifest["counts"]
+
+
+def pairs(
+    params: Path = typer.Option(Path("params.yaml"), help="params file; this stage reads `pairs` (and "
+                                "`model.image_size` for the preview)"),
+    inpainted: Path = typer.Option(Path("data/inpainted"),
+                                   help="COCO-Inpainted folder (the inpaint stage's output)"),
+    out: Path = typer.Option(Path("data/pairs"), help="output folder (manifest.json + preview.png)"),
+) -> None:
+    """Draw the train/val pairs (split by source image) and draw a preview of augmented pairs with boxes."""
+    import time
+
+    from spotdiff.params import load_params
+
+    start = time.perf_counter()
+    counts = run(load_params(params), inpainted, out)
+    seconds = time.perf_counter() - start
+    total = counts["train"] + counts["val"]
+    typer.echo(f"pairs: {counts['train']} train + {counts['val']} val pairs "
+               f"({counts['skipped']} not drawable) -> {out}/manifest.json, preview {out}/preview.png "
+               f"({seconds:.1f} s, {total / seconds:.0f} pairs/s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pairs")(pairs)

@@ -1,4 +1,4 @@
-"""The `register` stage: the trained model becomes a version in the MLflow registry.
+"""The `register` stage (`spotdiff register`): the trained model becomes a version in the MLflow registry.
 
 Reads: `params.register`, `params.mlflow`; the model (`models/cyws.pt`), the evaluation metrics
 (`eval/metrics.json`) and the training run's `models/train_run.json` (which MLflow run trained
@@ -20,27 +20,14 @@ registered (same md5) is not registered again (decision `unchanged`); a locked s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+import typer
 
-from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_digest, write_json_atomic
-from spotdiff.metricsfile import flatten_metrics
-from spotdiff.params import Params
-from spotdiff.registry.provenance import read_json
-from spotdiff.registry.versions import register_version
-from spotdiff.tracking import (
-    find_repo_root,
-    portable_uri,
-    recorded_run,
-    redact_uri,
-    registry_lock,
-    setup_mlflow,
-    store_errors,
-)
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.params import Params
 
 RECORD = "registration.json"
 FALLBACK = "the model is logged into the run tagged with its md5, else a new MLflow run"
@@ -56,6 +43,10 @@ def _metric_path_exists(obj: Any, path: str) -> bool:
 
 def read_metrics(metrics_path: Path, metric: str) -> dict[str, float]:
     """The flattened metrics; a one-line error when `metric` is not among them."""
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.metricsfile import flatten_metrics
+    from spotdiff.registry.provenance import read_json
+
     raw = read_json(metrics_path, "evaluation metrics", "run the evaluate stage first (dvc repro evaluate)")
     metrics = flatten_metrics(raw)
     if metric not in metrics:
@@ -73,6 +64,10 @@ def training_run(run_info_path: Path, model_md5: str, client: MlflowClient, uri:
     """The MLflow run that trained this model, per `train_run.json`; else the latest run of the
     experiment tagged with the model's md5 (evaluate makes one when the training run is not in this
     store, e.g. after a clone + `dvc pull`); None when there is none to trust."""
+    from mlflow.exceptions import MlflowException
+
+    from spotdiff.tracking import recorded_run, redact_uri
+
     run_id = recorded_run(run_info_path, model_md5, FALLBACK, "rerun the train stage (dvc repro -f train)",
                           warn)
     if run_id is not None:
@@ -92,6 +87,14 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
         record: str | Path | None = None, root: str | Path | None = None,
         warn: Callable[[str], None] = lambda line: None) -> dict:
     """Register the model (see the module docstring); returns the registration record."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.fsutil import file_digest, write_json_atomic
+    from spotdiff.registry.versions import register_version
+    from spotdiff.tracking import find_repo_root, portable_uri, setup_mlflow, store_errors
+
     model, run_info, metrics_path, out = Path(model), Path(run_info), Path(metrics), Path(out)
     record_path = Path(record) if record else out.parent / RECORD
     if not model.is_file():
@@ -110,7 +113,7 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
             mlflow.set_tag("spotdiff.model_md5", md5)
         return started.info.run_id
 
-    with registry_lock(uri), store_errors(uri, "registering the model"):
+    with store_errors(uri, "registering the model"):
         run_id = training_run(run_info, md5, client, uri, exp_id, warn)
         result = register_version(params, model, run_id, values, root, file_md5=md5, make_run=new_run)
     if result["decision"] == "unchanged":
@@ -122,3 +125,29 @@ def run(params: Params, model: str | Path, run_info: str | Path, metrics: str | 
                             "promote_margin": reg.promote_margin, "ap_floor": reg.ap_floor,
                             "record": record_path.name})
     return result
+
+
+def register_cmd(
+    params: Path = typer.Option(Path("params.yaml"), help="params file; reads `register` and `mlflow`"),
+    model: Path = typer.Option(Path("models/cyws.pt"), help="trained checkpoint (train stage)"),
+    run_info: Path = typer.Option(Path("models/train_run.json"), "--run-info",
+                                  help="the train stage's run record (its mlflow_run_id gets the model)"),
+    metrics: Path = typer.Option(Path("eval/metrics.json"), help="evaluation metrics (evaluate stage)"),
+    out: Path = typer.Option(Path("registry/registered.json"),
+                             help="what was registered (model md5, metric, rule): the DVC output"),
+    record: Path = typer.Option(Path("registry/registration.json"),
+                                help="this registration: version, aliases, decision and reason"),
+) -> None:
+    """Register the trained model in MLflow (alias challenger; champion when it beats the current one)."""
+    from spotdiff.params import load_params
+
+    result = run(load_params(params), model, run_info, metrics, out, record=record,
+                 warn=lambda line: typer.echo(line, err=True))
+    metric = result["primary_metric"]
+    typer.echo(f"register: {result['model_name']} version {result['version']} "
+               f"({metric['name']} = {metric['value']:.4f}), aliases {', '.join(result['aliases'])}; "
+               f"{result['decision']}: {result['reason']} -> {record}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("register")(register_cmd)

@@ -1,4 +1,4 @@
-"""The `testsets` stage: the four test sets in their official formats.
+"""The `testsets` stage (`spotdiff testsets`): the four test sets in their official formats.
 
 Reads: `params.testsets`. `source: standin` generates small offline stand-ins
 (`spotdiff.data.standins`); `source: official` downloads the authors' archives from
@@ -10,14 +10,12 @@ not), built in a temporary sibling and swapped in with one rename.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import typer
 
-from spotdiff.data import testsets as ts
-from spotdiff.data.standins import write_standins
-from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import atomic_dir, write_json_atomic
-from spotdiff.params import Params
+if TYPE_CHECKING:
+    from spotdiff.params import Params
 
 REQUIRED = ("coco_inpainted_small", "coco_inpainted_medium", "coco_inpainted_large",
             "synthtext_change", "virat_std", "kubric_change")
@@ -25,6 +23,13 @@ REQUIRED = ("coco_inpainted_small", "coco_inpainted_medium", "coco_inpainted_lar
 
 def run(params: Params, out: str | Path) -> list[dict]:
     """Write the test sets into `out`; returns the listing written to `testsets.json`."""
+    import torch
+
+    from spotdiff.data import testsets as ts
+    from spotdiff.data.standins import write_standins
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.fsutil import atomic_dir, write_json_atomic
+
     cfg = params.testsets
     out = Path(out)
     threads = torch.get_num_threads()
@@ -51,3 +56,26 @@ def run(params: Params, out: str | Path) -> list[dict]:
     finally:
         torch.set_num_threads(threads)
     return listing
+
+
+def testsets(
+    params: Path = typer.Option(Path("params.yaml"), help="params file; this stage reads `testsets`"),
+    out: Path = typer.Option(Path("data/testsets"), help="output folder (one sub-folder per test set)"),
+) -> None:
+    """Write the four test sets: offline stand-ins, or the official ones (downloaded and verified)."""
+    import time
+
+    from spotdiff.params import load_params
+
+    cfg = load_params(params)
+    start = time.perf_counter()
+    listing = run(cfg, out)
+    seconds = time.perf_counter() - start
+    for item in listing:
+        tag = " (stand-in)" if item["is_standin"] else ""
+        typer.echo(f"  {item['name']}{tag}: {item['pairs']} pairs in {out / item['path']}")
+    typer.echo(f"testsets: {len(listing)} sets ({cfg.testsets.source}) -> {out} ({seconds:.1f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("testsets")(testsets)

@@ -1,4 +1,4 @@
-"""The `train` stage: CYWS trained with Lightning on the pairs manifest, tracked in MLflow.
+"""The `train` stage (`spotdiff train`): CYWS trained with Lightning on the pairs manifest, tracked in MLflow.
 
 Reads: `params.model`, `params.train`, `params.pairs.augment`, `params.mlflow`; the pairs manifest
 and the COCO-Inpainted folder it points at (pairs are augmented as they are loaded).
@@ -9,41 +9,34 @@ validation figures, the pair counts, the model's config: the same bytes whenever
 CPU seconds, threads, the model's md5; not a DVC output, so timings never change `dvc.lock`).
 
 The same code runs a tiny CPU job in the tests, the embedded default on 2 cores, and the paper run
-on 8 GPUs with DDP (`train.devices: 8`, `train.strategy: ddp`, `train.precision: bf16-mixed`):
+on 8 GPUs with DDP (`train.devices: 8`, `train.strategy: ddp`, `train.precision: auto`, bf16 there):
 Lightning re-launches this command once per rank, and only rank 0 talks to MLflow and writes files.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.loggers import MLFlowLogger
+import typer
 
-from spotdiff import tracking as mlflow_setup
-from spotdiff.errors import SpotdiffError
-from spotdiff.fsutil import file_digest, write_json_atomic
-from spotdiff.machine import Capabilities, capabilities, resolve_precision
-from spotdiff.params import Params, to_flat_dict
-from spotdiff.training.callbacks import KeepBestModel
-from spotdiff.training.datamodule import PairDataModule
-from spotdiff.training.hardware import check_hardware
-from spotdiff.training.lit import CywsLitModule
-from spotdiff.training.preview import draw_val_predictions
-from spotdiff.training.threads import apply_threads
+if TYPE_CHECKING:
+    from spotdiff.machine import Capabilities
+    from spotdiff.params import Params
 
 SUMMARY = "train.json"
 RUN_INFO = "train_run.json"
 
 
-
 def _trainer_kwargs(params: Params, caps: Capabilities) -> dict[str, Any]:
+    """Lightning Trainer arguments; `train.precision` resolved against `caps` (spotdiff.machine)."""
+    import sys
+
+    from spotdiff import tracking as mlflow_setup
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.machine import resolve_precision
+    from spotdiff.training.hardware import check_hardware
+
     t = params.train
     check_hardware(t)
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
@@ -69,6 +62,26 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     Returns the summary written to `train.json` merged with this run's `train_run.json` (rank 0;
     other ranks return {}).
     """
+    import math
+    import os
+    import sys
+    import time
+
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from spotdiff import tracking as mlflow_setup
+    from spotdiff.errors import SpotdiffError
+    from spotdiff.fsutil import file_digest, write_json_atomic
+    from spotdiff.machine import capabilities
+    from spotdiff.params import to_flat_dict
+    from spotdiff.training.callbacks import KeepBestModel
+    from spotdiff.training.datamodule import PairDataModule
+    from spotdiff.training.lit import CywsLitModule
+    from spotdiff.training.preview import draw_val_predictions
+    from spotdiff.training.threads import apply_threads
+
     out_dir = Path(out_dir)
     manifest = Path(manifest)
     caps = capabilities()
@@ -110,7 +123,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
                 if os.environ.get(env):
                     logger.experiment.set_tag(logger.run_id, tag, os.environ[env])
 
-    callbacks: list[pl.Callback] = [best]
+    callbacks: list[Any] = [best]
     if tracking:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks,
@@ -164,3 +177,26 @@ def _log_outcome(logger: Any, out_dir: Path, summary: dict, run_info: dict, prev
         client.log_artifact(run_id, str(preview), artifact_path="previews")
     client.log_dict(run_id, summary, "summary/train.json")
     client.log_dict(run_id, run_info, "summary/train_run.json")
+
+
+def train(
+    params: Path = typer.Option(Path("params.yaml"), help="params file; reads model, train, pairs.augment, mlflow"),
+    pairs: Path = typer.Option(Path("data/pairs/manifest.json"), help="the pairs stage's manifest"),
+    out: Path = typer.Option(Path("models"), help="output folder: cyws.pt (best train.monitor), train.json, train_run.json"),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="do not log to MLflow"),
+) -> None:
+    """Train CYWS on the pairs manifest; keep the model with the best `train.monitor`."""
+    from spotdiff.params import load_params
+    from spotdiff.training.hardware import check_hardware
+
+    loaded = load_params(params)
+    check_hardware(loaded.train, source=str(params))  # (run checks again, naming params.yaml)
+    summary = run(loaded, pairs, out, tracking=not no_tracking)
+    if summary:
+        typer.echo(f"train: best val/loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} "
+                   f"({summary['train_pairs']} train / {summary['val_pairs']} val pairs, "
+                   f"{summary['seconds']:.0f} s, {summary['cpu_seconds']:.0f} CPU-s) -> {out / 'cyws.pt'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
