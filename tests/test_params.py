@@ -177,7 +177,7 @@ def test_ssim_bounds():
     ({"register": {"model_name": ""}}, "register.model_name must be a non-empty name (got '')"),
     ({"evaluate": {"methods": "cyws"}}, "evaluate.methods must be a list (got 'cyws')"),
     ({"evaluate": {"methods": ["ssim", "ssim"]}}, "evaluate.methods must be without repeats"),
-    ({"model": {"backbone": "vgg16"}}, "model.backbone must be one of resnet50, resnet18 (got 'vgg16')"),
+    ({"model": {"backbone": "vgg16"}}, "model.backbone must be one of resnet50, resnet18, mobilenet_v2, efficientnet_lite0 (got 'vgg16')"),
     ({"evaluate": {"engine": "tensorrt"}}, "evaluate.engine must be one of auto, eager, onnxruntime"),
     ({"train": {"devices": True}}, "train.devices must be 'auto' or an integer in [1, 1024] (got True)"),
     ({"ssim": {"threshold": True}}, "ssim.threshold must be 'otsu' or a number in (0, 2] (got True)"),
