@@ -27,32 +27,46 @@ def _as_scores(s: Any) -> np.ndarray:
     return np.asarray(s, dtype=np.float64).reshape(-1)
 
 
+def map_boxes(boxes: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Boxes xyxy carried by the homography H: the bounding box of each box's four mapped corners."""
+    boxes = _as_boxes(boxes)
+    if not len(boxes):
+        return boxes
+    x1, y1, x2, y2 = boxes.T
+    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x1, y2], 1),
+                        np.stack([x2, y2], 1)], 1)  # N×4×2
+    pts = np.concatenate([corners, np.ones((*corners.shape[:2], 1))], 2) @ np.asarray(H, np.float64).T
+    xy = pts[..., :2] / np.where(np.abs(pts[..., 2:]) < 1e-12, 1e-12, pts[..., 2:])
+    return np.concatenate([xy.min(1), xy.max(1)], 1)
+
+
 def pair_labels(boxes_a: np.ndarray, boxes_b: np.ndarray, size_a: tuple[int, int],
-                size_b: tuple[int, int], iou_threshold: float = 0.3) -> tuple[list[int], list[int]]:
+                size_b: tuple[int, int], iou_threshold: float = 0.3,
+                a_to_b: np.ndarray | None = None) -> tuple[list[int], list[int]]:
     """Number the boxes 1.. so that the same change carries the same number in both images.
 
-    Boxes are compared in normalised coordinates (each image's box divided by its own size), matched
-    greedily by IoU ≥ `iou_threshold`; unmatched boxes get numbers of their own.
+    With `a_to_b` (a homography from A's pixels to B's, e.g. a registration estimate) A's boxes are
+    carried into B and compared there; without it, each image's boxes are divided by its own size.
+    Boxes are then matched one to one (Hungarian, highest total IoU), a match needing IoU ≥
+    `iou_threshold`; unmatched boxes get numbers of their own.
     """
-    a = _as_boxes(boxes_a) / np.array([size_a[0], size_a[1]] * 2, dtype=np.float64)
+    from scipy.optimize import linear_sum_assignment
+
+    if a_to_b is not None:
+        a = map_boxes(boxes_a, a_to_b) / np.array([size_b[0], size_b[1]] * 2, dtype=np.float64)
+    else:
+        a = _as_boxes(boxes_a) / np.array([size_a[0], size_a[1]] * 2, dtype=np.float64)
     b = _as_boxes(boxes_b) / np.array([size_b[0], size_b[1]] * 2, dtype=np.float64)
-    labels_a = [0] * len(a)
-    labels_b = [0] * len(b)
+    match_of_a: dict[int, int] = {}
     if len(a) and len(b):
         iou = iou_matrix(a, b)
-        order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
-        for i, j in order:
-            if iou[i, j] < iou_threshold:
-                break
-            if labels_a[i] == 0 and labels_b[j] == 0:
-                labels_a[i] = labels_b[j] = -1 - int(i)  # provisional, renumbered below
-    n = 0
-    for i in range(len(a)):
-        n += 1
-        if labels_a[i] < 0:
-            j = labels_b.index(labels_a[i])
-            labels_b[j] = n
-        labels_a[i] = n
+        rows, cols = linear_sum_assignment(-iou)
+        match_of_a = {int(i): int(j) for i, j in zip(rows, cols) if iou[i, j] >= iou_threshold}
+    labels_a = list(range(1, len(a) + 1))
+    labels_b = [0] * len(b)
+    for i, j in match_of_a.items():
+        labels_b[j] = labels_a[i]
+    n = len(a)
     for j in range(len(b)):
         if labels_b[j] == 0:
             n += 1
@@ -66,7 +80,9 @@ class PairDetections:
 
     `paired=True` means box i in A and box i in B are the same change (the pixel-wise method maps
     one set of regions into both images); `labels_*` are the display numbers (same number = same
-    change). `extras` holds method-specific diagnostics (difference map, homography, notes).
+    change), from `pair_labels` when not paired, with `a_to_b` (A's pixels → B's, when the detector
+    estimated one) carrying A's boxes into B first. `extras` holds method-specific diagnostics
+    (difference map, homography, notes).
     """
 
     boxes_a: np.ndarray
@@ -79,6 +95,7 @@ class PairDetections:
     labels_a: list[int] = field(default_factory=list)
     labels_b: list[int] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    a_to_b: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes_a, self.boxes_b = _as_boxes(self.boxes_a), _as_boxes(self.boxes_b)
@@ -88,9 +105,11 @@ class PairDetections:
 
     @classmethod
     def from_tuple(cls, result: tuple, size_a: tuple[int, int], size_b: tuple[int, int],
-                   paired: bool = False, extras: dict | None = None) -> "PairDetections":
+                   paired: bool = False, extras: dict | None = None,
+                   a_to_b: np.ndarray | None = None) -> "PairDetections":
         ba, sa, bb, sb = result
-        return cls(ba, sa, bb, sb, tuple(size_a), tuple(size_b), paired=paired, extras=extras or {})
+        return cls(ba, sa, bb, sb, tuple(size_a), tuple(size_b), paired=paired, extras=extras or {},
+                   a_to_b=a_to_b)
 
     def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.boxes_a, self.scores_a, self.boxes_b, self.scores_b
@@ -100,7 +119,8 @@ class PairDetections:
             self.labels_a = list(range(1, len(self.boxes_a) + 1))
             self.labels_b = list(self.labels_a)
         else:
-            self.labels_a, self.labels_b = pair_labels(self.boxes_a, self.boxes_b, self.size_a, self.size_b)
+            self.labels_a, self.labels_b = pair_labels(self.boxes_a, self.boxes_b, self.size_a, self.size_b,
+                                                       a_to_b=self.a_to_b)
 
     def _select(self, keep_a: np.ndarray, keep_b: np.ndarray) -> None:
         self.boxes_a, self.scores_a = self.boxes_a[keep_a], self.scores_a[keep_a]
@@ -168,9 +188,12 @@ class PairDetections:
         }
 
     def to_json(self, path_a: str = "", path_b: str = "") -> dict[str, Any]:
-        """`{"images": [A, B], "paired": bool}`, each image `{path, width, height, boxes, scores, labels}`."""
-        return {"images": [self.image_json("a", path_a), self.image_json("b", path_b)],
-                "paired": bool(self.paired)}
+        """`{"images": [A, B], "paired": bool}`, each image `{path, width, height, boxes, scores, labels}`;
+        `a_to_b` (the homography the labels were matched with) when there is one."""
+        out = {"images": [self.image_json("a", path_a), self.image_json("b", path_b)], "paired": bool(self.paired)}
+        if self.a_to_b is not None:
+            out["a_to_b"] = [[round(float(v), 6) for v in row] for row in np.asarray(self.a_to_b)]
+        return out
 
     def __len__(self) -> int:
         return max(len(self.boxes_a), len(self.boxes_b))
@@ -246,4 +269,4 @@ class Detector(ABC):
         return []
 
 
-__all__ = ["Detector", "Overlay", "PairDetections", "Result", "pair_labels", "box_areas"]
+__all__ = ["Detector", "Overlay", "PairDetections", "Result", "box_areas", "map_boxes", "pair_labels"]

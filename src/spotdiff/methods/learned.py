@@ -27,11 +27,32 @@ from spotdiff.boxes import scale_boxes, suppress
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.base import Detector, Overlay, PairDetections, Result
 from spotdiff.methods.engines import make_engine, resolve_engine
+from spotdiff.methods.registration import auto_homography
 from spotdiff.models.centernet import decode
 from spotdiff.models.checkpoint import load_model
 from spotdiff.models.cyws import CYWS
 
 DISPLAY_TOP_K = 5  # boxes drawn by default (after NMS), as the paper's figures
+PAIRING_SIDE = 512  # registration for pairing boxes runs on copies at most this long
+
+
+def a_to_b_homography(img_a: np.ndarray, img_b: np.ndarray) -> tuple[np.ndarray, str]:
+    """(H from A's pixels to B's, how it was found): the pixel-wise method's registration (features +
+    ECC, identity when nothing fits better) on grey copies of at most `PAIRING_SIDE` px. It numbers
+    the learned model's boxes across the pair; under parallax a single homography is only
+    approximate, which the IoU gate of `pair_labels` tolerates."""
+    (ha, wa), (hb, wb) = img_a.shape[:2], img_b.shape[:2]
+    scale = min(1.0, PAIRING_SIDE / max(ha, wa))
+    w, h = max(1, round(wa * scale)), max(1, round(ha * scale))
+    grey_a = cv2.cvtColor(cv2.resize(np.ascontiguousarray(img_a[..., :3]), (w, h), interpolation=cv2.INTER_AREA),
+                          cv2.COLOR_RGB2GRAY)
+    grey_b = cv2.cvtColor(cv2.resize(np.ascontiguousarray(img_b[..., :3]), (w, h), interpolation=cv2.INTER_AREA),
+                          cv2.COLOR_RGB2GRAY)
+    b_to_a, method, _ = auto_homography(grey_a, grey_b)  # in the w×h working frame
+    to_work_a = np.diag([w / wa, h / ha, 1.0])
+    from_work_b = np.diag([wb / w, hb / h, 1.0])
+    H = from_work_b @ np.linalg.inv(b_to_a) @ to_work_a
+    return H / H[2, 2], method
 
 
 def _to_input(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
@@ -228,8 +249,11 @@ class CywsDetector(Detector):
             keep_maps: bool = False) -> PairDetections:
         """Detect on one pair; boxes lying mostly inside the ignore mask dropped (see the module doc)."""
         result = self.detect_batch([(img_a, img_b)])[0]
+        a_to_b, method = a_to_b_homography(img_a, img_b)
         dets = PairDetections.from_tuple(result, (img_a.shape[1], img_a.shape[0]),
-                                         (img_b.shape[1], img_b.shape[0]), paired=False)
+                                         (img_b.shape[1], img_b.shape[0]), paired=False,
+                                         extras={"pairing": f"boxes matched across the pair after registration "
+                                                            f"({method})"}, a_to_b=a_to_b)
         return dets.drop_ignored(ignore_mask)
 
     # -- the Detector interface ------------------------------------------------------------------
@@ -239,7 +263,7 @@ class CywsDetector(Detector):
         k = top_k or DISPLAY_TOP_K
         ba, sa = suppress(dets.boxes_a, dets.scores_a, top_k=k)
         bb, sb = suppress(dets.boxes_b, dets.scores_b, top_k=k)
-        return PairDetections(ba, sa, bb, sb, dets.size_a, dets.size_b)
+        return PairDetections(ba, sa, bb, sb, dets.size_a, dets.size_b, a_to_b=dets.a_to_b)
 
     @property
     def reference(self) -> str | None:
