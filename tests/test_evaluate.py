@@ -18,7 +18,7 @@ from spotdiff.cli import main
 
 SUBSETS = ("small", "medium", "large", "all")
 TESTSETS = ("coco_inpainted", "synthtext_change", "virat_std", "kubric_change")
-ENTRY_KEYS = {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt", "pairs"}
+ENTRY_KEYS = {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt", "pairs", "false_alarms", "no_change_pairs"}
 
 
 def _params(path: Path, tmp: Path, **evaluate) -> Path:
