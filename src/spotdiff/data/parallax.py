@@ -48,6 +48,21 @@ class Card:
     mask: np.ndarray  # H×W bool
     depth: float
     present: tuple[bool, bool] = (True, True)
+    _prepared: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def prepared(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(xyxy box of the mask, premultiplied RGBA float32 crop of that box), or None if empty."""
+        if self._prepared is None:
+            ys = np.flatnonzero(self.mask.any(axis=1))
+            if not ys.size:
+                self._prepared = (None,)
+            else:
+                xs = np.flatnonzero(self.mask.any(axis=0))
+                x1, y1, x2, y2 = int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+                alpha = self.mask[y1:y2, x1:x2, None].astype(np.float32)
+                rgba = np.concatenate([self.pixels[y1:y2, x1:x2].astype(np.float32) * alpha, alpha], axis=2)
+                self._prepared = (np.array([x1, y1, x2, y2], np.float64), rgba)
+        return None if self._prepared[0] is None else self._prepared  # type: ignore[return-value]
 
 
 @dataclass
@@ -124,29 +139,28 @@ def render_view(scene: Scene, camera: Camera, view: int) -> tuple[np.ndarray, li
     visible: list[np.ndarray] = [np.zeros((h, w), bool) for _ in scene.cards]
     for i in order:
         card = scene.cards[i]
-        ys, xs = np.nonzero(card.mask)
-        if not len(xs):
+        prepared = card.prepared()
+        if prepared is None:
             continue
+        box, rgba = prepared
         hom = card_homography(card.depth, camera, k)
-        roi = _roi(hom, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64), h, w)
+        roi = _roi(hom, box, h, w)
         if roi is None:
             continue
         x1, y1, x2, y2 = roi
         shift = np.array([[1, 0, -x1], [0, 1, -y1], [0, 0, 1]], np.float64)
-        alpha = card.mask.astype(np.float32)
-        rgba = np.concatenate([card.pixels.astype(np.float32) * alpha[..., None], alpha[..., None]], axis=2)
-        warped = cv2.warpPerspective(rgba, shift @ hom, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
+        crop = np.array([[1, 0, box[0]], [0, 1, box[1]], [0, 0, 1]], np.float64)  # crop -> reference frame
+        warped = cv2.warpPerspective(rgba, shift @ hom @ crop, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT)
         a = warped[..., 3:4]
-        cover = np.zeros((h, w), bool)
-        cover[y1:y2, x1:x2] = a[..., 0] >= 0.5
-        visible[i] = cover
+        cover = a[..., 0] >= 0.5
+        visible[i][y1:y2, x1:x2] = cover
         if card.present[view]:
             region = out[y1:y2, x1:x2]
             region *= 1 - a
             region += warped[..., :3]  # premultiplied
             for j in order[:order.index(i)]:  # a present card hides what lies behind it
-                visible[j] &= ~cover
+                visible[j][y1:y2, x1:x2] &= ~cover
     return (out + 0.5).clip(0, 255).astype(np.uint8), visible
 
 
