@@ -43,7 +43,8 @@ Everything is drawn from `numpy.random.default_rng([seed, kind, subset, i])`: sa
 How these differ from the stand-ins before issue F15 (numbers from the two are not comparable): the
 old Kubric stand-in moved the camera by one homography per view (SSIM's registration undid it
 exactly), the old VIRAT stand-in changed the light globally (SSIM's colour fit undid it), no set had
-no-change pairs, and each set had 16 pairs (`testsets.pairs_per_set` is now 100).
+no-change pairs, and each set had 16 pairs (`testsets.pairs_per_set` is now 100). docs/STANDINS.md
+has the measured AP spread between test-set seeds.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def write_marker(root: Path, name: str, params_text: str) -> None:
         f"STAND-IN — this is NOT the official {name} test set.\n"
         f"Generated offline by spotdiff.data.standins ({params_text}) in the official on-disk format,\n"
         "so the same readers and the same evaluation run on it. Numbers measured on it are not\n"
-        "comparable with the paper's; every report names it '(stand-in)'.\n")
+        "comparable with the paper's, nor with those on the stand-ins before issue F15 (docs/STANDINS.md);\n"
+        "every report names it '(stand-in)'.\n")
 
 
 class _Layer:
