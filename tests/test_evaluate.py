@@ -18,7 +18,7 @@ from spotdiff.cli import main
 
 SUBSETS = ("small", "medium", "large", "all")
 TESTSETS = ("coco_inpainted", "synthtext_change", "virat_std", "kubric_change")
-ENTRY_KEYS = {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt", "pairs"}
+ENTRY_KEYS = {"ap50", "coco_ap", "coco_ap50", "max_recall", "num_gt", "pairs", "false_alarms", "no_change_pairs"}
 
 
 def _params(path: Path, tmp: Path, **evaluate) -> Path:
@@ -261,3 +261,63 @@ def test_outputs_are_the_same_bytes_run_after_run(tmp_path, monkeypatch, capsys)
     assert set(timings) == {"total_s", "device", "processes", "sets"} and timings["processes"] == 1
     virat = timings["sets"]["virat_std"]
     assert virat["pairs"] == 3 and set(virat["s_per_pair"]) == {"ssim"}
+
+
+def test_false_alarms_are_counted_on_no_change_pairs_which_ap_leaves_out(tmp_path):
+    """AP is over the pairs with a change only; on the no-change pairs, boxes scored >= 0.5 (both
+    images) per pair. Subsets pool both ways; the flags survive a part file; the report shows them."""
+    from spotdiff.evaluation import average_precision
+    from spotdiff.evaluation.runner import BatchRecord, SetResult
+    from spotdiff.evaluation.scoring import compute_metrics
+
+    box = np.array([[10.0, 10.0, 30.0, 30.0]])
+    none = np.zeros((0, 4))
+    results = []
+    for subset, alarm_scores in (("small", [0.9, 0.5, 0.49]), ("large", [0.7])):
+        r = SetResult("coco_inpainted", subset, f"coco_inpainted_{subset}", Path("."), True, pairs=2)
+        # pair 0: a change, found; pair 1: no change, with a few confident boxes in image b
+        r.gt = [box, box, none, none]
+        r.no_change = [False, True]
+        alarms = np.tile(box, (len(alarm_scores), 1))
+        r.dets["m"] = [box, box, np.zeros((0, 4)), alarms]
+        r.scores["m"] = [np.array([0.8]), np.array([0.8]), np.zeros(0), np.array(alarm_scores)]
+        results.append(r)
+    metrics, _ = compute_metrics(results, ["m"], 0.5, 100)
+    small, large, pooled = (metrics["m"]["coco_inpainted"][s] for s in ("small", "large", "all"))
+    assert small["ap50"] == pytest.approx(1.0)  # the alarms on the no-change pair cost no precision
+    assert small["false_alarms"] == 2.0 and large["false_alarms"] == 1.0  # 0.49 is not shown to a user
+    assert pooled["false_alarms"] == 1.5 and pooled["no_change_pairs"] == 2 and pooled["pairs"] == 2
+    everything = average_precision(results[0].gt, results[0].dets["m"], results[0].scores["m"])
+    assert everything.ap < small["ap50"]  # pooled with the no-change pair, AP would have dropped
+    # a set without no-change pairs: no figure (null), AP as before
+    plain = SetResult("virat_std", "all", "virat_std", Path("."), True, pairs=1)
+    plain.gt, plain.dets["m"], plain.scores["m"] = [box, box], [box, box], [np.array([0.9])] * 2
+    entry = compute_metrics([plain], ["m"], 0.5, 100)[0]["m"]["virat_std"]["all"]
+    assert entry["false_alarms"] is None and entry["no_change_pairs"] == 0 and entry["ap50"] == 1.0
+
+    rec = BatchRecord([box, none], {"m": [box, none]}, {"m": [np.array([0.9]), np.zeros(0)]}, {"m": 0.1},
+                      0.0, [True])
+    rec.save(tmp_path / "part.npz")
+    assert BatchRecord.load(tmp_path / "part.npz", ["m"]).no_change == [True]
+
+
+def test_report_has_a_false_alarm_column(tmp_path, monkeypatch, capsys):
+    """End to end on a VIRAT-format set with one no-change pair: metrics.json and report.md carry it."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "sets" / "virat"
+    from spotdiff.data import standins as st
+
+    st.write_virat_standin(root, 5, 96, 1, 0.2)  # pair 4 has no change
+    params = _params(tmp_path / "params.yaml", tmp_path, methods=["ssim"])
+    code = main(["evaluate", "--params", str(params), "--no-mlflow", "--testsets", str(tmp_path / "sets"),
+                 "--out", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    entry = json.loads((tmp_path / "eval" / "metrics.json").read_text())["ssim"]["virat_std"]["all"]
+    assert entry["pairs"] == 4 and entry["no_change_pairs"] == 1 and entry["false_alarms"] >= 0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| test set"))
+    assert "no-change" in header and "SSIM false alarms" in header
+    from spotdiff.metricsfile import flatten_metrics
+
+    flat = flatten_metrics(json.loads((tmp_path / "eval" / "metrics.json").read_text()))
+    assert "ssim/virat_std/all/false_alarms" in flat and "ssim/virat_std/all/ap50" in flat

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from helpers.coco import make_coco_source
+from spotdiff.boxes import mask_to_box
 from spotdiff.cli import main
 from spotdiff.data.coco_inpainted import CocoInpainted, CocoInpaintedWriter, changed_ids
 from spotdiff.data.inpaint import run_inpaint
@@ -17,6 +18,8 @@ from spotdiff.data.pairs import build_manifest, inpainted_candidates, load_pair_
 from spotdiff.data.pairs_dataset import PairDataset, collate_pairs
 from spotdiff.errors import SpotdiffError
 from spotdiff.params import AugmentParams, InpaintParams, PairsParams
+
+PAPER_RECIPE = PairsParams(text_fraction=0.0, parallax_fraction=0.0, relight_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,20 @@ def inpainted(tmp_path_factory):
 def manifest_path(inpainted):
     out = inpainted.parent / "pairs"
     out.mkdir()
-    manifest = build_manifest(PairsParams(val_fraction=0.25, pairs_per_image=3), inpainted, out)
+    manifest = build_manifest(PAPER_RECIPE.model_copy(update={"val_fraction": 0.25, "pairs_per_image": 3}),
+                              inpainted, out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def new_kinds_path(inpainted):
+    """Text, parallax and relit pairs only (no paper pairs), 4 per item."""
+    out = inpainted.parent / "pairs-new-kinds"
+    out.mkdir()
+    params = PairsParams(val_fraction=0.25, pairs_per_image=4, text_fraction=0.5, parallax_fraction=0.5,
+                         relight_fraction=0.5)
+    manifest = build_manifest(params, inpainted, out)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out / "manifest.json"
 
@@ -189,3 +205,115 @@ def test_decoded_image_cache_gives_the_same_pixels_and_cannot_be_painted_on(inpa
     tiny = CocoInpainted(inpainted, cache_mb=0)
     tiny.load_original(idx)
     assert tiny._image_bytes == 0
+
+
+# ---------------------------------------------------------------- kinds beyond the paper's recipe
+
+
+def test_paper_recipe_draws_the_same_pairs_whatever_the_new_kinds_would(inpainted, tmp_path):
+    """With the three fractions at 0 only inpainted / pasted pairs come out, none relit; and they are the
+    very pairs the paper recipe drew before the new kinds existed (their draws use another stream)."""
+    paper = build_manifest(PAPER_RECIPE.model_copy(update={"pairs_per_image": 3}), inpainted, tmp_path)
+    kinds = {e["kind"] for split in paper["pairs"].values() for e in split}
+    assert kinds <= {"inpainted", "pasted"} and not any("relight" in e for e in paper["pairs"]["train"])
+    relit = build_manifest(PAPER_RECIPE.model_copy(update={"pairs_per_image": 3, "relight_fraction": 1.0}),
+                           inpainted, tmp_path)
+    strip = [{k: v for k, v in e.items() if k != "relight"} for e in relit["pairs"]["train"]]
+    assert strip == paper["pairs"]["train"] and all("relight" in e for e in relit["pairs"]["train"])
+
+
+def test_new_kinds_are_drawn_and_reproducible(new_kinds_path, inpainted, tmp_path):
+    from spotdiff.data.pairs import read_manifest
+
+    manifest = json.loads(new_kinds_path.read_text())
+    entries = manifest["pairs"]["train"] + manifest["pairs"]["val"]
+    assert {e["kind"] for e in entries} == {"text", "parallax"}
+    assert any("relight" in e for e in entries) and not all("relight" in e for e in entries)
+    params = PairsParams(**manifest["params"])
+    assert build_manifest(params, inpainted, tmp_path)["pairs"] == manifest["pairs"]
+    _, dataset = read_manifest(new_kinds_path)
+    for entry in entries[:8]:  # the same entry loads to the same bytes
+        first, again = load_pair_source(entry, dataset), load_pair_source(entry, dataset)
+        assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+        for m1, m2 in zip(first[2] if isinstance(first[2], tuple) else [first[2]],
+                          again[2] if isinstance(again[2], tuple) else [again[2]]):
+            assert np.array_equal(m1, m2)
+
+
+def test_text_pair_differs_only_at_the_words_which_are_the_boxes(new_kinds_path):
+    import cv2
+
+    from spotdiff.data.pairs import read_manifest
+
+    manifest, dataset = read_manifest(new_kinds_path)
+    texts = [e for e in manifest["pairs"]["train"] if e["kind"] == "text" and "relight" not in e]
+    assert texts
+    for entry in texts[:4]:
+        a, b, words = load_pair_source(entry, dataset)
+        assert words.shape == (len(entry["changed"]),) + a.shape[:2] and words.any(axis=(1, 2)).all()
+        base = dataset.load_removed(entry["idx"], entry["base"])
+        assert np.array_equal(b if entry["swap"] else a, base)
+        differs = (a != b).any(axis=2)
+        # anti-aliased stroke edges below the mask's threshold may differ within a pixel of it
+        near = cv2.dilate(words.any(axis=0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        assert differs.any() and not (differs & ~near).any()
+    # through the dataset (no augmentation, source resolution): one box per word, its glyphs' tight box
+    ds = PairDataset(new_kinds_path, "train", 80, AugmentParams(enabled=False, work_scale=0), seed=0)
+    index = manifest["pairs"]["train"].index(texts[0])
+    item = ds[index]
+    _, _, words = load_pair_source(texts[0], dataset)
+    h, w = words.shape[1:]
+    want = np.array([mask_to_box(m) for m in words]) * np.array([80 / w, 80 / h] * 2)
+    np.testing.assert_allclose(item["boxes_a"].numpy(), want, atol=1e-4)
+    np.testing.assert_allclose(item["boxes_b"].numpy(), want, atol=1e-4)
+
+
+def test_parallax_pair_boxes_each_view_and_nothing_else_changed_is_boxed(new_kinds_path):
+    """Each image's boxes are its own masks' tight boxes (the views have no shared frame); every changed
+    card shows in both views; the views differ outside the changed cards too (parallax)."""
+    from spotdiff.data.pairs import read_manifest
+
+    manifest, dataset = read_manifest(new_kinds_path)
+    plain = [e for e in manifest["pairs"]["train"] if e["kind"] == "parallax" and "relight" not in e]
+    assert plain
+    ds = PairDataset(new_kinds_path, "train", 80, AugmentParams(enabled=False, work_scale=0), seed=0)
+    moved_elsewhere = 0
+    for entry in plain[:4]:
+        a, b, (masks_a, masks_b) = load_pair_source(entry, dataset)
+        assert masks_a.shape == masks_b.shape == (len(entry["changed"]),) + a.shape[:2]
+        assert masks_a.any(axis=(1, 2)).all() and masks_b.any(axis=(1, 2)).all()
+        unchanged = ~(masks_a.any(axis=0) | masks_b.any(axis=0))
+        moved_elsewhere += int((np.abs(a.astype(int) - b.astype(int)).sum(2)[unchanged] > 60).sum())
+        item = ds[manifest["pairs"]["train"].index(entry)]
+        h, w = a.shape[:2]
+        scale = np.array([80 / w, 80 / h] * 2)
+        for boxes, masks in ((item["boxes_a"], masks_a), (item["boxes_b"], masks_b)):
+            want = np.array([mask_to_box(m) for m in masks]) * scale
+            np.testing.assert_allclose(boxes.numpy(), want, atol=1e-4)
+    assert moved_elsewhere > 0
+
+
+def test_relit_pair_keeps_the_masks_and_relights_one_image(new_kinds_path):
+    from spotdiff.data.pairs import read_manifest
+
+    manifest, dataset = read_manifest(new_kinds_path)
+    relit = [e for e in manifest["pairs"]["train"] if e["kind"] == "text" and "relight" in e]
+    assert relit
+    entry = relit[0]
+    a, b, masks = load_pair_source(entry, dataset)
+    a0, b0, masks0 = load_pair_source({k: v for k, v in entry.items() if k != "relight"}, dataset)
+    assert np.array_equal(masks, masks0)
+    same = [np.array_equal(a, a0), np.array_equal(b, b0)]
+    assert sorted(same) == [False, True]  # exactly one image was relit
+
+
+def test_new_kinds_follow_the_dataset_contract(new_kinds_path):
+    size = 64
+    ds = PairDataset(new_kinds_path, "train", size, AugmentParams(), seed=0, deterministic=True)
+    for i in range(min(len(ds), 12)):
+        item = ds[i]
+        assert item["image_a"].shape == (3, size, size) == item["image_b"].shape
+        assert len(item["boxes_a"]) == len(item["boxes_b"]) >= 1
+        for boxes in (item["boxes_a"], item["boxes_b"]):
+            assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes >= 0).all() and (boxes <= size).all()
+        assert torch.equal(ds[i]["image_a"], item["image_a"])  # deterministic: same bytes again

@@ -104,6 +104,8 @@ def test_paper_profile_keeps_the_papers_recipe(repo_root):
     t = paper.train
     assert (t.lr, t.lr_schedule, t.max_steps, t.max_epochs, t.monitor) == (1e-4, "constant", -1, 200, "val/loss")
     assert (t.warmup_steps, t.val_every_n_steps, t.affine_start_step, t.affine_ramp_steps) == (0, 0, 0, 0)
+    pairs = paper.pairs  # the paper's COCO recipe: inpainted and pasted pairs only
+    assert (pairs.text_fraction, pairs.parallax_fraction, pairs.relight_fraction) == (0, 0, 0)
 
 
 def test_missing_and_broken_params_files(tmp_path):
@@ -248,7 +250,8 @@ def test_dumps_keep_their_key_order_and_types(repo_root):
     reports: same keys, same order, tuples for list keys, floats for number keys."""
     p = load_params(repo_root / "params.yaml")
     assert json.dumps(p.pairs.model_dump(exclude={"augment"})) == (
-        '{"seed": 0, "p_inpainted": 0.5, "val_fraction": 0.1, "pairs_per_image": 4, "preview_count": 8}')
+        '{"seed": 0, "p_inpainted": 0.5, "val_fraction": 0.1, "pairs_per_image": 4, "preview_count": 8, '
+        '"text_fraction": 0.15, "parallax_fraction": 0.15, "relight_fraction": 0.2}')
     assert list(p.inpaint.model_dump()) == ["backend", "seed", "max_versions", "dilate_px", "opencv_method",
                                             "opencv_radius", "lama_checkpoint", "batch_size", "device",
                                             "devices", "num_nodes"]  # the run file leaves out the last four

@@ -429,3 +429,132 @@ def test_testsets_command(tmp_path):
     params.write_text("testsets:\n  source: official\n")
     assert main(["testsets", "--params", str(params), "--out", str(out)]) == 2  # no base URL
     assert (out / "testsets.json").is_file()  # the previous output is untouched
+
+
+# ---------------------------------------------------------------- no-change pairs and what the stand-ins test
+
+
+@pytest.fixture(scope="module")
+def half_unchanged(tmp_path_factory):
+    """Each stand-in kind with 4 pairs, of which pairs 1 and 3 have no change (no_change_fraction 0.5)."""
+    from spotdiff.data import standins as st
+
+    root = tmp_path_factory.mktemp("no-change")
+    st.write_coco_inpainted_standin(root / "coco", "medium", 4, 96, 3, 0.5)
+    st.write_synthtext_standin(root / "synth", 4, 96, 3, 0.5)
+    st.write_virat_standin(root / "virat", 4, 96, 3, 0.5)
+    st.write_kubric_standin(root / "kubric", 4, 96, 3, 0.5)
+    return root
+
+
+def test_no_change_pairs_round_trip_in_each_format(half_unchanged):
+    root = half_unchanged
+    names = {p.name.split("_")[0]: p.name for p in (root / "coco" / "inpainted").iterdir()}
+    assert set(names["1"][len("1_mask"):-len(".png")]) == {"0"}  # <bits> all zeros: nothing removed
+    assert "1" in names["0"][len("0_mask"):]
+    with h5py.File(root / "synth" / "synthtext-change.h5") as f:
+        assert f["data"]["standin_0001.png_0"].attrs["wordBB"].shape == (2, 4, 0)
+    from spotdiff.data.safe_pickle import load_npy_plain
+
+    assert load_npy_plain(root / "virat" / "annotations.npy").item()["0001"] == []
+    assert not cv2.imread(str(root / "kubric" / "mask_1_00000.png")).any()
+    for folder in ("coco", "synth", "virat", "kubric"):
+        ts = open_testset(root / folder)
+        flags = [pair.no_change for pair in ts]
+        assert flags == [False, True, False, True], folder
+        for pair in ts:
+            assert (len(pair.boxes_a) == 0 and len(pair.boxes_b) == 0) == pair.no_change, folder
+            if pair.no_change and folder != "synth":  # the nuisance stays: the two images differ
+                assert not np.array_equal(pair.image_a, pair.image_b), folder
+
+
+def _residue_after_best_homography(image_0, image_1, pts_0, pts_1):
+    """Grey-level |difference| after warping view 0 onto view 1 by the least-squares homography of the
+    true correspondences, and where that warp has pixels."""
+    hom, _ = cv2.findHomography(pts_0, pts_1, 0)
+    h, w = image_1.shape[:2]
+    warped = cv2.warpPerspective(image_0, hom, (w, h))
+    inside = cv2.warpPerspective(np.ones((h, w), np.uint8), hom, (w, h), flags=cv2.INTER_NEAREST) > 0
+    grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(int) for x in (warped, image_1)]
+    return np.abs(grey[0] - grey[1]), inside, hom
+
+
+def test_kubric_standin_has_parallax_no_single_homography_aligns_it():
+    """An unchanged layered scene from two camera centres (the Kubric stand-in's renderer): the best
+    single homography between the views, fitted to true correspondences of every plane, leaves
+    changed-looking residue where nothing changed. The same check on one plane (the old stand-in's
+    single homography per view) leaves none."""
+    from spotdiff.data.embedded import background, paste_random_object
+    from spotdiff.data.parallax import (
+        Camera,
+        Card,
+        Scene,
+        card_homography,
+        intrinsics,
+        plane_homography,
+        render_view,
+    )
+
+    rng = np.random.default_rng(0)
+    size = 128
+    floor = background(rng, size, size)
+    cards = []
+    for depth in (0.5, 0.6, 0.45):
+        canvas = floor.copy()
+        mask = paste_random_object(rng, canvas, category_id=2, size=(34, 34))
+        cards.append(Card(canvas, mask, depth))
+    normal, distance = np.array([0.0, 0.2, 1.0]) / np.hypot(0.2, 1.0), 1 / np.hypot(0.2, 1.0)
+    scene = Scene(floor, normal, distance, cards)
+    cameras = (Camera(np.eye(3), np.array([-0.03, 0.0, 0.0])), Camera(np.eye(3), np.array([0.04, 0.01, 0.0])))
+    (image_0, vis_0), (image_1, vis_1) = (render_view(scene, cam, v) for v, cam in enumerate(cameras))
+    k = intrinsics(size, size)
+    grid = np.stack(np.meshgrid(np.arange(4, size, 6), np.arange(4, size, 6)), -1).reshape(-1, 2).astype(float)
+    pts_0, pts_1 = [], []
+    layers = [([plane_homography(normal, distance, c, k) for c in cameras], None)]
+    layers += [([card_homography(c.depth, cam, k) for cam in cameras], i) for i, c in enumerate(cards)]
+    for (h0, h1), card in layers:
+        ref = cv2.perspectiveTransform(grid[None], np.linalg.inv(h0))[0]  # view-0 grid -> reference frame
+        p1 = cv2.perspectiveTransform(ref[None], h1)[0]
+        xi, yi = grid.astype(int).T
+        x1, y1 = np.round(p1).astype(int).T
+        ok = (x1 >= 0) & (x1 < size) & (y1 >= 0) & (y1 < size)
+        on = np.zeros(len(grid), bool)
+        seen_0 = vis_0[card] if card is not None else ~np.any(vis_0, axis=0)
+        seen_1 = vis_1[card] if card is not None else ~np.any(vis_1, axis=0)
+        on[ok] = seen_0[yi[ok], xi[ok]] & seen_1[y1[ok], x1[ok]]
+        pts_0.append(grid[on])
+        pts_1.append(p1[on])
+    assert all(len(p) >= 4 for p in pts_0)  # every plane contributes
+    residue, inside, hom = _residue_after_best_homography(image_0, image_1, np.concatenate(pts_0),
+                                                          np.concatenate(pts_1))
+    reprojection = np.linalg.norm(cv2.perspectiveTransform(np.concatenate(pts_0)[None], hom)[0]
+                                  - np.concatenate(pts_1), axis=1)
+    assert reprojection.max() > 3  # some static point is off by more than 3 px
+    changed_looking = (residue > 40) & inside
+    _, _, stats, _ = cv2.connectedComponentsWithStats(changed_looking.astype(np.uint8))
+    assert changed_looking.mean() > 0.02 and stats[1:, cv2.CC_STAT_AREA].max() >= 20
+
+    # control: the back plane alone (one homography per view, as the old stand-in) aligns exactly
+    flat = Scene(floor, normal, distance, [])
+    plain_0, _ = render_view(flat, cameras[0], 0)
+    plain_1, _ = render_view(flat, cameras[1], 1)
+    p0, p1 = pts_0[0], pts_1[0]
+    residue, inside, _ = _residue_after_best_homography(plain_0, plain_1, p0, p1)
+    core = inside & (cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+    assert ((residue > 40) & core).mean() < 0.002
+
+
+def test_virat_standin_light_is_local(half_unchanged):
+    """On a no-change VIRAT pair, the best global per-channel tone curve (what a colour fit undoes)
+    leaves a large region still far off: the light changed locally."""
+    ts = open_testset(half_unchanged / "virat")
+    worst = 0.0
+    for pair in ts:
+        if not pair.no_change:
+            continue
+        a, b = pair.image_a.astype(float), pair.image_b.astype(float)
+        fitted = a.copy()
+        for c in range(3):
+            fitted[..., c] = np.polyval(np.polyfit(a[..., c].ravel(), b[..., c].ravel(), 2), a[..., c])
+        worst = max(worst, float((np.abs(fitted - b).sum(2) > 45).mean()))
+    assert worst > 0.05

@@ -354,7 +354,21 @@ class PairsParams(_Section):
     val_fraction: StrictFloat = Field(0.1, gt=0, lt=1)
     pairs_per_image: StrictInt = Field(4, ge=1, le=1000)
     preview_count: StrictInt = Field(8, ge=0, le=256)
+    # Pair kinds beyond the paper's COCO recipe (spotdiff.data.pairs; 0 = the paper's recipe), each a
+    # fraction of every item's pairs: words rendered into one image (spotdiff.data.text); two views of a
+    # layered 3D scene from two camera centres with objects present in one view only
+    # (spotdiff.data.parallax); and, on top of any kind, local light on one image — shadows, light
+    # pools, haze (spotdiff.data.lighting) — that is not a change.
+    text_fraction: StrictFloat = Field(0.15, ge=0, le=1)
+    parallax_fraction: StrictFloat = Field(0.15, ge=0, le=1)
+    relight_fraction: StrictFloat = Field(0.2, ge=0, le=1)
     augment: AugmentParams = Field(default_factory=AugmentParams)
+
+    @model_validator(mode="after")
+    def _kinds_fit(self) -> PairsParams:
+        if self.text_fraction + self.parallax_fraction > 1:
+            raise _rule_error("at most 1 - text_fraction", self.parallax_fraction, "parallax_fraction")
+        return self
 
 
 class ModelParams(_Section):
@@ -516,7 +530,10 @@ class TestsetsParams(_Section):
 
     source: Literal["standin", "official"] = "standin"
     seed: StrictInt = Field(123, ge=0, le=SEED_MAX)
-    pairs_per_set: StrictInt = Field(16, ge=1, le=100000)
+    pairs_per_set: StrictInt = Field(100, ge=1, le=100000)
+    # Stand-ins: this fraction of each set's pairs has no change (false alarms are counted on them;
+    # they are left out of AP), spread evenly over its ids.
+    no_change_fraction: StrictFloat = Field(0.2, ge=0, lt=1)
     image_size: StrictInt = Field(256, ge=64, le=SIDE_MAX)
     official_root: StrictStr = "data/official"
     # source: official — the folder URL holding SHA512SUMS and the archives (the authors' cyws data page),

@@ -78,12 +78,13 @@ class PairDataset(Dataset):
                 "boxes_a": pair.boxes_a, "boxes_b": pair.boxes_b, "pair_id": str(entry["id"])}
 
 
-def working_resolution(image_a: np.ndarray, image_b: np.ndarray, masks: np.ndarray,
-                       long_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def working_resolution(image_a: np.ndarray, image_b: np.ndarray, masks, long_side: float):
     """The pair brought down (area averaging) so its long side is `long_side`; unchanged when 0 or smaller.
 
     Masks: a pixel belongs to an object when at least half of its area did; an object that would
-    vanish keeps every pixel it touches (a change of a few source pixels is still a change).
+    vanish keeps every pixel it touches (a change of a few source pixels is still a change). `masks`
+    is one K×H×W array (the shared frame) or a (masks_a, masks_b) tuple (each image's own), and
+    comes back in the same form.
     """
     import cv2
 
@@ -94,14 +95,20 @@ def working_resolution(image_a: np.ndarray, image_b: np.ndarray, masks: np.ndarr
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_a = cv2.resize(image_a, size, interpolation=cv2.INTER_AREA)
     small_b = cv2.resize(image_b, size, interpolation=cv2.INTER_AREA)
-    masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
-    small_masks = np.zeros((masks.shape[0], size[1], size[0]), dtype=bool)
-    for k, mask in enumerate(masks):
-        cover = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        small_masks[k] = cover >= 0.5
-        if not small_masks[k].any():
-            small_masks[k] = cover > 0
-    return small_a, small_b, small_masks
+
+    def shrink(masks):
+        masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
+        small_masks = np.zeros((masks.shape[0], size[1], size[0]), dtype=bool)
+        for k, mask in enumerate(masks):
+            cover = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            small_masks[k] = cover >= 0.5
+            if not small_masks[k].any():
+                small_masks[k] = cover > 0
+        return small_masks
+
+    if isinstance(masks, tuple):
+        return small_a, small_b, (shrink(masks[0]), shrink(masks[1]))
+    return small_a, small_b, shrink(masks)
 
 
 def collate_pairs(items: list[dict]) -> dict:

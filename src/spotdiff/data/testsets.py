@@ -21,6 +21,13 @@ the folder holds `STANDIN.txt`, written by `spotdiff.data.standins`).
   `mask_<idx>_00001.png`; each image's boxes are the 4-connected components of its own mask
   (non-zero pixels), as the reference did with `scipy.ndimage.label`.
 
+No-change pairs (`TestPair.no_change`), in each format's own terms: a Synthtext-Change item with no
+words (`wordBB` 2×4×0), a VIRAT-STD id with an empty box list, a Kubric-Change item whose two masks
+are empty, a COCO-Inpainted item whose inpainted file removes nothing (`<bits>` all zeros, e.g.
+`7_mask000.png`: the second image is the original under its own stored augmentation). Our stand-ins
+hold such pairs; in an official set any item so written would count as one too. The evaluation
+counts false alarms on them and leaves them out of AP.
+
 A malformed set raises `SpotdiffError` naming the file. `open_testset(path)` recognises the kind by
 layout; `find_testsets(root)` finds every set under a folder (e.g. an extracted official download).
 
@@ -68,6 +75,9 @@ class TestPair:
     boxes_a: np.ndarray
     boxes_b: np.ndarray
     pair_id: str
+    # The set's format says nothing changed (no words, an empty box list, empty masks, nothing
+    # removed): evaluation counts false alarms on it and leaves it out of AP.
+    no_change: bool = False
 
 
 def _boxes(rows, source: str) -> np.ndarray:
@@ -207,7 +217,7 @@ class SynthtextChange(TestSet):
         boxes = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], axis=1)
         boxes = _clip_nonempty(_boxes(boxes, where), w, h)
         image_a = resize_to(load_image(self._bg[key]), h, w)
-        return TestPair(image_a, image_b, boxes, boxes.copy(), key)
+        return TestPair(image_a, image_b, boxes, boxes.copy(), key, no_change=word_bb.shape[2] == 0)
 
 
 # ---------------------------------------------------------------- VIRAT-STD
@@ -237,7 +247,7 @@ class ViratStd(TestSet):
         image_a = load_image(self.root / f"{pid}.png")
         image_b = load_image(self.root / f"{pid}_2.png")
         boxes = self._boxes[pid]
-        return TestPair(image_a, image_b, boxes.copy(), boxes.copy(), pid)
+        return TestPair(image_a, image_b, boxes.copy(), boxes.copy(), pid, no_change=len(boxes) == 0)
 
 
 # ---------------------------------------------------------------- Kubric-Change
@@ -273,7 +283,7 @@ class KubricChange(TestSet):
 
     def __getitem__(self, i: int) -> TestPair:
         idx = self.pair_ids[i]
-        images, boxes = [], []
+        images, boxes, empty = [], [], True
         for k in (0, 1):
             image = load_image(self.root / f"{idx}_{k}.png")
             mask_path = self.root / f"mask_{idx}_0000{k}.png"
@@ -283,7 +293,8 @@ class KubricChange(TestSet):
                                     f"{image.shape[1]}×{image.shape[0]}; the set is damaged")
             images.append(image)
             boxes.append(mask_components_to_boxes(mask))
-        return TestPair(images[0], images[1], boxes[0], boxes[1], idx)
+            empty = empty and not mask.any()
+        return TestPair(images[0], images[1], boxes[0], boxes[1], idx, no_change=empty)
 
 
 # ---------------------------------------------------------------- COCO-Inpainted (test subsets)
@@ -347,7 +358,7 @@ class CocoInpaintedTest(TestSet):
             found = [mask_to_box(m) for m in masks]
             boxes_a = np.asarray([b for b in found if b is not None], dtype=np.float64).reshape(-1, 4)
             boxes_b = boxes_a.copy()
-        return TestPair(image_a, image_b, boxes_a, boxes_b, str(idx))
+        return TestPair(image_a, image_b, boxes_a, boxes_b, str(idx), no_change=not version.removed)
 
     def _replay(self, image_a, image_b, masks, params, idx):
         import torch

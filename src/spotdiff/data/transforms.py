@@ -12,6 +12,10 @@ the model's S×S input. The boxes follow the objects exactly:
    other image shows it, and a change that leaves either frame is not a change;
 3. each image's box is the tight box of its own remaining mask (`spotdiff.boxes.mask_to_box`), at
    the image's resolution, then scaled to S (exact float scaling, no second rasterisation);
+   A pair whose images are not of one frame (parallax pairs: `spotdiff.data.pairs`) gives each
+   image its own masks, `(masks_a, masks_b)`; each is warped with its own image's matrix, and an
+   object is kept when both images still show part of it (the frames' overlap is not computed:
+   no homography relates them);
 4. a pair where no changed object is left is resampled with new parameters, up to
    `max_resample` times, and then falls back to the identity (no augmentation) — never dropped.
 
@@ -148,12 +152,17 @@ class PairAugmenter:
         h, w = tensor_a.shape[-2:]
         img_a, m_a = self.apply_image(tensor_a, params_a)
         img_b, m_b = self.apply_image(tensor_b, params_b)
-        ones = torch.ones(1, h, w, dtype=torch.bool)
-        # Where each frame sees what the other frame shows: b's frame brought into a, and back.
-        b_in_a = self.warp_masks(ones, m_a @ torch.linalg.inv(m_b))[0]
-        a_in_b = self.warp_masks(ones, m_b @ torch.linalg.inv(m_a))[0]
-        masks_a = self.warp_masks(masks, m_a) & b_in_a
-        masks_b = self.warp_masks(masks, m_b) & a_in_b
+        if isinstance(masks, tuple):  # each image's own masks (no shared frame)
+            masks_a = self.warp_masks(masks[0], m_a)
+            masks_b = self.warp_masks(masks[1], m_b)
+            masks = masks[0]
+        else:
+            ones = torch.ones(1, h, w, dtype=torch.bool)
+            # Where each frame sees what the other frame shows: b's frame brought into a, and back.
+            b_in_a = self.warp_masks(ones, m_a @ torch.linalg.inv(m_b))[0]
+            a_in_b = self.warp_masks(ones, m_b @ torch.linalg.inv(m_a))[0]
+            masks_a = self.warp_masks(masks, m_a) & b_in_a
+            masks_b = self.warp_masks(masks, m_b) & a_in_b
         boxes_a, boxes_b, kept = [], [], []
         for k in range(masks.shape[0]):
             box_a = box_fmt.mask_to_box(masks_a[k].numpy())
@@ -171,14 +180,25 @@ class PairAugmenter:
         """Augment a pair sharing one source frame.
 
         image_a, image_b: H×W×3 uint8 RGB (same size); changed_masks: K×H×W bool, the changed objects
-        in the shared frame. Either `rng` (sample, resampling when nothing stays visible; `strength`
+        in the shared frame, or a (masks_a, masks_b) tuple of each image's own K×H×W masks. Either
+        `rng` (sample, resampling when nothing stays visible; `strength`
         scales the affine part) or `params` (replay exactly those; identity when they leave nothing
         visible).
         """
         if image_a.shape != image_b.shape:
             raise ValueError(f"pair images differ in size: {image_a.shape} vs {image_b.shape}")
         h, w = image_a.shape[:2]
-        masks = torch.from_numpy(np.asarray(changed_masks, dtype=bool).reshape(-1, h, w))
+
+        def as_tensor(m):
+            return torch.from_numpy(np.ascontiguousarray(np.asarray(m, dtype=bool).reshape(-1, h, w)))
+
+        if isinstance(changed_masks, tuple):
+            masks = (as_tensor(changed_masks[0]), as_tensor(changed_masks[1]))
+            if masks[0].shape != masks[1].shape:
+                raise ValueError(f"per-image masks differ in shape: {tuple(masks[0].shape)} vs "
+                                 f"{tuple(masks[1].shape)}")
+        else:
+            masks = as_tensor(changed_masks)
         tensor_a, tensor_b = image_to_tensor(image_a), image_to_tensor(image_b)
         if params is not None:
             draws = [params]

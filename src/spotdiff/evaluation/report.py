@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from spotdiff.evaluation.runner import SUBSET_ORDER, TESTSET_ORDER, TITLES, SetResult
+from spotdiff.evaluation.scoring import FALSE_ALARM_SCORE
 from spotdiff.methods import Detector, is_registry_reference
 from spotdiff.params import Params
 
@@ -32,6 +33,10 @@ TIMINGS_FILE = "timings.json"
 
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.3f}"
+
+
+def _fmt_alarms(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 def portable_reference(ref: str | Path) -> str:
@@ -71,16 +76,18 @@ def write_report(results: Sequence[SetResult], metrics: dict, detectors: Mapping
     lines += [
         f"Protocol: VOC AP@{cfg.iou_threshold:g} (all-point), both images of every pair pooled, up to "
         f"{cfg.max_boxes} boxes per image by score, no NMS, no score threshold (the paper's). "
-        "COCO AP = AP@[.5:.95] from pycocotools (101-point, COCO matching), a second opinion.",
+        "COCO AP = AP@[.5:.95] from pycocotools (101-point, COCO matching), a second opinion. "
+        "AP is over the pairs with a change (\"pairs\"); on the pairs without one (\"no-change\") "
+        f"\"false alarms\" = boxes scored >= {FALSE_ALARM_SCORE:g} in both images, per no-change pair.",
         "",
         "Methods: " + "; ".join(describe_method(d) for d in detectors.values()) + ". Paper reference: "
         "CYWS, ResNet-50, 3×CoAM, scSE, trained with affine augmentation (the paper's best model).",
         "",
     ]
-    head = ["test set", "subset", "pairs"]
+    head = ["test set", "subset", "pairs", "no-change"]
     for m in methods:
         t = detectors[m].title
-        head += [f"{t} AP@0.5", f"{t} COCO AP"]
+        head += [f"{t} AP@0.5", f"{t} COCO AP", f"{t} false alarms"]
     head += ["paper CYWS AP@0.5"]
     lines += ["| " + " | ".join(head) + " |",
               "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
@@ -92,10 +99,11 @@ def write_report(results: Sequence[SetResult], metrics: dict, detectors: Mapping
         for subset in subsets:
             title = TITLES.get(testset, testset) + (" (stand-in)" if standin[testset] else "")
             sub = f"**{subset}**" if subset == "all" and len(subsets) > 1 else subset
-            row = [title, sub, str(metrics[methods[0]][testset][subset]["pairs"])]
+            first = metrics[methods[0]][testset][subset]
+            row = [title, sub, str(first["pairs"]), str(first.get("no_change_pairs", 0))]
             for m in methods:
                 entry = metrics[m][testset][subset]
-                row += [_fmt(entry["ap50"]), _fmt(entry["coco_ap"])]
+                row += [_fmt(entry["ap50"]), _fmt(entry["coco_ap"]), _fmt_alarms(entry.get("false_alarms"))]
             ref = PAPER_AP50.get((testset, subset))
             row.append(_fmt(ref))
             lines.append("| " + " | ".join(row) + " |")

@@ -40,6 +40,8 @@ class SetResult:
     is_standin: bool
     pairs: int = 0
     gt: list[np.ndarray] = field(default_factory=list)
+    # per pair: the set's format says nothing changed (`TestPair.no_change`); empty = no pair is one
+    no_change: list[bool] = field(default_factory=list)
     dets: dict[str, list[np.ndarray]] = field(default_factory=dict)
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # detection time per method
@@ -127,17 +129,20 @@ def _batches(reader, batches: list[list[int]], num_workers: int):
 @dataclass
 class BatchRecord:
     """What one batch leaves for scoring: per image (a0, b0, a1, ...) the ground truth and each
-    method's top boxes and scores (float64), and the times. Saved as one part file (`save`/`load`)."""
+    method's top boxes and scores (float64), per pair whether it is a no-change pair, and the times.
+    Saved as one part file (`save`/`load`)."""
 
     gt: list[np.ndarray]
     dets: dict[str, list[np.ndarray]]
     scores: dict[str, list[np.ndarray]]
     seconds: dict[str, float]
     read_seconds: float
+    no_change: list[bool] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {"gt": _concat(self.gt, 4), "gt_n": _counts(self.gt),
                                          "read_seconds": np.float64(self.read_seconds),
+                                         "no_change": np.array(self.no_change, dtype=bool),
                                          "methods": np.array(list(self.dets), dtype=str)}
         for i, m in enumerate(self.dets):
             arrays[f"boxes_{i}"] = _concat(self.dets[m], 4)
@@ -160,7 +165,8 @@ class BatchRecord:
                     dets[m] = _split(z[f"boxes_{i}"], n)
                     scores[m] = _split(z[f"scores_{i}"], n)
                     seconds[m] = float(z[f"seconds_{i}"])
-                return cls(_split(z["gt"], z["gt_n"]), dets, scores, seconds, float(z["read_seconds"]))
+                return cls(_split(z["gt"], z["gt_n"]), dets, scores, seconds, float(z["read_seconds"]),
+                           [bool(v) for v in z["no_change"]])
         except (OSError, ValueError, KeyError, EOFError):
             return None
 
@@ -190,6 +196,7 @@ def _run_batch(batch: list, detectors: dict[str, Detector], max_boxes: int, read
     for j, pair in enumerate(batch):
         rec.gt += [np.asarray(pair.boxes_a, np.float64).reshape(-1, 4),
                    np.asarray(pair.boxes_b, np.float64).reshape(-1, 4)]
+        rec.no_change.append(bool(getattr(pair, "no_change", False)))
         for m in detectors:
             ba, sa, bb, sb = outputs[m][j]
             ba, sa = top_k(ba, sa, max_boxes)
@@ -255,6 +262,7 @@ def run_set(reader: Any, row: tuple[str, str, str, Path], detectors: dict[str, D
     for b in range(len(batches)):
         rec = merged[b]
         res.gt += rec.gt
+        res.no_change += rec.no_change
         res.read_seconds += rec.read_seconds
         for m in methods:
             res.dets[m] += rec.dets[m]

@@ -37,7 +37,7 @@ def run(params: Params, out: str | Path) -> list[dict]:
     try:
         with atomic_dir(out) as tmp:
             if cfg.source == "standin":
-                write_standins(tmp, cfg.pairs_per_set, cfg.image_size, cfg.seed)
+                write_standins(tmp, cfg.pairs_per_set, cfg.image_size, cfg.seed, cfg.no_change_fraction)
             else:
                 ts.download(cfg.official_base_url, tmp, cfg.official_archives,
                             cache=Path(cfg.official_root) / "archives")
