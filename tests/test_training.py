@@ -41,8 +41,10 @@ def test_num_threads_applied(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert apply_threads(TrainParams(num_threads=1)) == 1 and torch.get_num_threads() == 1
-        assert apply_threads(TrainParams(num_threads=0)) == physical_cores() >= 1
+        assert apply_threads(TrainParams(num_threads=0, num_workers=0)) == physical_cores() >= 1
         assert torch.get_num_threads() == physical_cores()
+        # a loader worker keeps a core of its own: threads + workers never exceed the cores
+        assert apply_threads(TrainParams(num_threads=0, num_workers=1)) == max(1, physical_cores() - 1)
     finally:
         torch.set_num_threads(before)
 

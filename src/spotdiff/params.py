@@ -418,6 +418,8 @@ class TrainParams(_Section):
 
     seed: StrictInt = Field(0, ge=0, le=SEED_MAX)
     lr: StrictFloat = Field(1e-3, gt=0, le=10)
+    # The encoder's learning rate is lr × this (1 = the paper: one rate for the whole network).
+    encoder_lr_factor: StrictFloat = Field(1.0, gt=0, le=10)
     weight_decay: StrictFloat = Field(5e-4, ge=0, le=1)
     batch_size: StrictInt = Field(8, ge=1, le=4096)
     max_epochs: StrictInt = Field(4, ge=1, le=COUNT_MAX)
@@ -444,7 +446,8 @@ class TrainParams(_Section):
     val_every_n_steps: StrictInt = Field(200, ge=0, le=COUNT_MAX)
     # Which validation result picks the kept model (the paper: lowest val/loss).
     monitor: Literal["val/loss", "val/ap50"] = "val/ap50"
-    # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use.
+    # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use less
+    # one per loader worker (num_workers), at least 1: threads and workers never oversubscribe the cores.
     num_threads: StrictInt = Field(0, ge=0, le=1024)
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over

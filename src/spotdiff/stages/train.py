@@ -99,7 +99,7 @@ def run(params: Params, manifest: str | Path, out_dir: str | Path, tracking: boo
     t = params.train
     model_config = to_flat_dict(params.model)
     module = CywsLitModule(model_config, t.lr, t.weight_decay, t.lr_schedule, t.warmup_steps,
-                           t.warmup_start_factor, t.min_lr_factor)
+                           t.warmup_start_factor, t.min_lr_factor, encoder_lr_factor=t.encoder_lr_factor)
     datamodule = PairDataModule(manifest, params)
     best = KeepBestModel(out_dir / "cyws.pt", t.monitor)
 

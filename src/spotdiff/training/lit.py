@@ -40,7 +40,7 @@ class CywsLitModule(pl.LightningModule):
 
     def __init__(self, model_config: dict, lr: float, weight_decay: float, schedule: str = "constant",
                  warmup_steps: int = 0, warmup_start_factor: float = 0.01, min_lr_factor: float = 0.01,
-                 iou_threshold: float = 0.5) -> None:
+                 iou_threshold: float = 0.5, encoder_lr_factor: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = CYWS.from_params(model_config)
@@ -88,7 +88,14 @@ class CywsLitModule(pl.LightningModule):
         self._val_gt, self._val_dets = [], []
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # The encoder may learn slower than the rest (train.encoder_lr_factor): ImageNet features are a
+        # good start that a full learning rate disturbs; the schedule scales both groups alike.
+        encoder = list(self.model.encoder.parameters())
+        mine = {id(p) for p in encoder}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in mine], "lr": self.lr}]
+        if encoder:
+            groups.append({"params": encoder, "lr": self.lr * self.hparams.encoder_lr_factor})
+        optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
         h = self.hparams
         if h.schedule == "constant" and h.warmup_steps == 0:
             return optimizer

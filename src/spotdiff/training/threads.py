@@ -29,11 +29,12 @@ def physical_cores() -> int:
 
 
 def apply_threads(train_params: TrainParams) -> int:
-    """Set the trainer's intra-op threads (`train.num_threads`, 0 = physical cores); returns the count.
+    """Set the trainer's intra-op threads (`train.num_threads`; 0 = the physical cores less one per
+    loader worker, at least 1); returns the count.
 
-    DataLoader workers already run one thread each (torch sets it in every worker), so with
-    `num_workers` > 0 on a small machine, fewer trainer threads may be faster: measure.
+    DataLoader workers run one thread each (torch sets it in every worker); an OpenMP thread that
+    shares its core with a worker stalls every parallel region of the step, so 0 leaves them a core.
     """
-    threads = train_params.num_threads or physical_cores()
+    threads = train_params.num_threads or max(1, physical_cores() - train_params.num_workers)
     torch.set_num_threads(threads)
     return threads
