@@ -242,7 +242,8 @@ class SsimDetector(Detector):
         if p.grouping == "objects":
             gap = int(round(p.group_gap * max(mw, mh)))
             boxes_w, scores, regions_info = group_objects(diff, thr, p.hysteresis * thr, gap, min_area,
-                                                          region_m if masked else None, evidence)
+                                                          region_m if masked else None, evidence,
+                                                          colours=(ca, cb, stride))
             for r in regions_info:
                 r["pixels"] *= stride * stride
         else:
