@@ -69,6 +69,34 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     return out
 
 
+def unmatched_within(x: np.ndarray, y: np.ndarray, radius: int, region: np.ndarray, levels: float) -> np.ndarray:
+    """Bool map of the pixels that have no match within `radius` px in the other image: x (uint8, grey
+    or RGB) and y registered onto it; y is first fitted to x's colours over `region` (`colour_fit`).
+    A pixel of x matches when each channel lies within `levels` grey levels of the range that y takes
+    over the (2·radius+1)² square around it, and the same the other way round — a per-pixel diff
+    tool's anti-aliasing test, here absorbing a residual misalignment of up to `radius` px."""
+    import cv2
+
+    if x.ndim == 3:
+        y = apply_colour_fit_u8(y, colour_fit(None, None, region, raw_x=x, raw_y=y))
+    else:
+        fx = cv2.LUT(x, UNIT_LUT)
+        fy = match_brightness(fx, cv2.LUT(y, UNIT_LUT), region)
+        y = cv2.convertScaleAbs(fy, alpha=255.0)
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    lv = int(round(levels))
+    out = None
+    for p, q in ((x, y), (y, x)):
+        over = cv2.subtract(p, cv2.dilate(q, kernel))  # above the neighbourhood's maximum
+        under = cv2.subtract(cv2.erode(q, kernel), p)  # below its minimum
+        miss = cv2.max(over, under)
+        if miss.ndim == 3:
+            miss = miss.max(axis=2)
+        miss = miss > lv
+        out = miss if out is None else out | miss
+    return out
+
+
 def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarray | None, fitted: np.ndarray,
                              sigma: float, scale: float, same: np.ndarray | None = None,
                              scratch: Scratch | None = None) -> np.ndarray:

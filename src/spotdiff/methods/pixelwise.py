@@ -56,16 +56,30 @@ import numpy as np
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.base import Detector, Overlay, PairDetections
-from spotdiff.methods.difference import difference_map, difference_map_blocks
+from spotdiff.methods.difference import difference_map, difference_map_blocks, unmatched_within
 from spotdiff.methods.photometric import to_grey
 from spotdiff.methods.regions import group_objects, otsu_threshold, regions_to_boxes
-from spotdiff.methods.registration import auto_homography, estimate_homography, overlap_mask, warp_onto_a
+from spotdiff.methods.registration import (
+    auto_homography,
+    estimate_homography,
+    overlap_mask,
+    residual_shift,
+    uncovered_fraction,
+    warp_onto_a,
+)
 from spotdiff.methods.ssim_map import TRUNCATE, Scratch
 from spotdiff.params import Params, SsimParams
 
 ALIGNS = ("auto", "homography", "none")  # registration modes (see the module doc)
 # Image sizes whose aspect ratios differ by less than this are one picture padded or cropped.
 SAME_SCALE_ASPECT = 0.05
+# After a warp, a pixel counts as changed only if nothing within TOLERANCE_PX (working-frame px) of it
+# in the other image matches it within TOLERANCE_LEVELS grey levels: 1 px when the registration's
+# residual (phase correlation after the warp) is under RESIDUAL_OK_PX, else 2 px. Interpolating B
+# softens its edges; a fit off by a fraction of a pixel lights every edge of a flat cartoon.
+TOLERANCE_PX = (1, 2)
+TOLERANCE_LEVELS = 16
+RESIDUAL_OK_PX = 0.5
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -190,6 +204,8 @@ class SsimDetector(Detector):
         H = np.eye(3)
         align_used = "none"
         valid = None  # pixels B covers after the warp; None: all
+        residual = tolerance = 0.0
+        uncovered = 0.0
         if self.align != "none":
             if self.align == "auto":
                 H, align_used, notes = auto_homography(ga, gb)
@@ -202,6 +218,10 @@ class SsimDetector(Detector):
                 gb = cb if cb.ndim == 2 else (to_grey(cb) if not colour else None)
                 # the SSIM window must not reach the replicated border
                 valid = overlap_mask(H, (w, h), margin=int(TRUNCATE * p.sigma + 0.5) + 1)
+                # A's pixels that B does not show are never a change (masked by `valid`); their area
+                uncovered = uncovered_fraction(H, (w, h))
+                residual = residual_shift(ga, gb if gb is not None else to_grey(cb), valid)
+                tolerance = TOLERANCE_PX[0] if residual < RESIDUAL_OK_PX else TOLERANCE_PX[1]
         t_align = time.perf_counter()
 
         # 3-4. normalisation and difference map (on the map grid: every pixel, or every 2nd one)
@@ -225,6 +245,17 @@ class SsimDetector(Detector):
                                                    cb if colour else None, same if masked else None, same_m,
                                                    p, self._scratch)
             region_m = ~same_m if masked else None
+        if tolerance:
+            # a pixel that some neighbour in the other image matches is no evidence of a change
+            changed = unmatched_within(ca if colour else ga, cb if colour else gb, int(tolerance), region,
+                                       TOLERANCE_LEVELS)
+            if stride > 1:  # a block is changed when any of its pixels is
+                changed = cv2.resize(changed.view(np.uint8), (diff.shape[1], diff.shape[0]),
+                                     interpolation=cv2.INTER_AREA) > 0
+            if evidence is not None:  # a region must hold a pixel that nothing nearby matches
+                evidence &= changed
+            else:
+                diff[~changed] = 0.0
         if masked:
             diff[~region_m] = 0.0
         mh, mw = diff.shape
@@ -278,6 +309,12 @@ class SsimDetector(Detector):
             "grouping": p.grouping,
             "working_size": [w, h],
             "map_stride": stride,
+            # registration's leftovers: the residual shift (working px, phase correlation after the
+            # warp), the match tolerance it called for (px; 0: none, no warp), and the share of A's
+            # frame that B does not show (never reported as a change)
+            "residual_px": round(residual, 3),
+            "tolerance_px": int(tolerance),
+            "uncovered_fraction": round(uncovered, 5),
             "notes": notes,
             "device": str(self.device) if self.backend == "torch" else "cpu",
             "backend": self.backend,

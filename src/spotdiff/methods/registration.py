@@ -113,8 +113,14 @@ def _ecc_homography(a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None
                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         d = sa - bw
         d -= np.median(d)
-        mask = cv2.erode((np.abs(d) < 20 / 255).astype(np.uint8), np.ones((5, 5), np.uint8))
-        agreement = float(mask.mean())
+        bad = (np.abs(d) >= 20 / 255).astype(np.uint8)
+        agreement = 1.0 - float(cv2.dilate(bad, np.ones((5, 5), np.uint8)).mean())
+        if min_agreement is None:
+            # A refinement must see the edges: on flat colours they are the only pixels that say where
+            # B is, and a residual misalignment lights exactly them (lines a few px wide). Leave out
+            # only the blobs that disagree (the changes): thin lines are opened away first.
+            bad = cv2.morphologyEx(bad, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+        mask = cv2.erode(1 - bad, np.ones((5, 5), np.uint8))
         if min_agreement is not None and agreement < min_agreement:
             return None
         if agreement < 0.2:  # too little agrees: the plain fit is the better guess
@@ -307,6 +313,17 @@ def warp_onto_a(b: np.ndarray, H: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return cv2.warpPerspective(b, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def uncovered_fraction(H: np.ndarray, size: tuple[int, int]) -> float:
+    """Share of A's frame (`size` w, h) that B, the same size and warped by H (B → A), does not cover."""
+    import cv2
+
+    w, h = size
+    frame = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    warped = cv2.perspectiveTransform(frame.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    area, _ = cv2.intersectConvexConvex(frame, warped.astype(np.float32))
+    return float(min(max(1.0 - area / (w * h), 0.0), 1.0))
+
+
 def overlap_mask(H: np.ndarray, size: tuple[int, int], margin: int) -> np.ndarray:
     """Bool h×w map of A's frame: True where B warped by H covers the pixel fully, eroded by `margin`
     px (a window of that radius there sees no replicated border)."""
@@ -318,3 +335,25 @@ def overlap_mask(H: np.ndarray, size: tuple[int, int], margin: int) -> np.ndarra
     inside = np.where(inside >= 254, 255, 0).astype(np.uint8)
     inside = cv2.erode(inside, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
     return inside > 0
+
+
+def residual_shift(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None, max_side: int = 512) -> float:
+    """How far (working-frame px) B, already registered onto A, is still off: the length of the
+    translation that phase correlation finds between the two (same-size grey uint8; `valid`: the pixels
+    B covers) on ≤ `max_side`-px copies — insensitive to exposure, sub-pixel. Flat images with no
+    structure give 0."""
+    import cv2
+
+    h, w = a.shape
+    s = min(1.0, max_side / max(h, w))
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    fa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    fb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    if valid is not None and not valid.all():
+        keep = cv2.resize(valid.view(np.uint8), size, interpolation=cv2.INTER_NEAREST).view(bool)
+        fb[~keep] = fa[~keep]  # no counterpart: no evidence either way
+    window = cv2.createHanningWindow(size, cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(fa, fb, window)
+    if not np.isfinite(dx) or response < 0.05:
+        return 0.0
+    return float(np.hypot(dx, dy)) / s
