@@ -246,16 +246,20 @@ class SsimDetector(Detector):
                                                    p, self._scratch)
             region_m = ~same_m if masked else None
         if tolerance:
-            # a pixel that some neighbour in the other image matches is no evidence of a change
+            # A pixel that some neighbour in the other image matches is no evidence of a change, and
+            # the difference map is kept only within the SSIM window's reach of an unmatched pixel:
+            # the halos a residual misalignment leaves along every edge go, a change keeps its extent.
             changed = unmatched_within(ca if colour else ga, cb if colour else gb, int(tolerance), region,
-                                       TOLERANCE_LEVELS)
-            if stride > 1:  # a block is changed when any of its pixels is
-                changed = cv2.resize(changed.view(np.uint8), (diff.shape[1], diff.shape[0]),
-                                     interpolation=cv2.INTER_AREA) > 0
-            if evidence is not None:  # a region must hold a pixel that nothing nearby matches
-                evidence &= changed
-            else:
-                diff[~changed] = 0.0
+                                       TOLERANCE_LEVELS).view(np.uint8)
+            reach = 2 * int(TRUNCATE * p.sigma + 0.5) + 1
+            near = cv2.dilate(changed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+            if stride > 1:  # a block is (near) changed when any of its pixels is
+                size_m = (diff.shape[1], diff.shape[0])
+                changed = cv2.resize(changed, size_m, interpolation=cv2.INTER_AREA)
+                near = cv2.resize(near, size_m, interpolation=cv2.INTER_AREA)
+            diff[near == 0] = 0.0
+            if evidence is not None:
+                evidence &= changed > 0
         if masked:
             diff[~region_m] = 0.0
         mh, mw = diff.shape
