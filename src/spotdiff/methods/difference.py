@@ -10,9 +10,6 @@ must hold one).
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
 from spotdiff.methods.photometric import (
@@ -168,32 +165,6 @@ def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarr
     return out
 
 
-# The colour term and the SSIM map depend only on the fitted images, and OpenCV and numpy release the
-# GIL: the colour term runs on a helper thread while the calling thread computes the SSIM map
-# (1024² defaults: 12.4 → 10.7 ms, the same bytes; benchmarks/bench_ssim.py). False: one thread.
-_PARALLEL = True
-_POOL = None
-
-
-def _forget_pool() -> None:
-    global _POOL
-    _POOL = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)  # a fork copies the executor but not its threads
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        # 2 threads: two concurrent callers (`spotdiff serve`'s workers) do not queue behind each other;
-        # a lone caller reuses the idle thread, whose Scratch arrays stay warm
-        _POOL = ThreadPoolExecutor(2, thread_name_prefix="spotdiff-colour")
-    return _POOL
-
-
 def difference_map_blocks(ga: np.ndarray | None, gb: np.ndarray | None, region: np.ndarray,
                           ca: np.ndarray | None, cb: np.ndarray | None, same: np.ndarray | None,
                           same_m: np.ndarray | None, p: SsimParams,
@@ -233,16 +204,10 @@ def difference_map_blocks(ga: np.ndarray | None, gb: np.ndarray | None, region: 
     if p.grouping == "objects":
         cv2.threshold(moved, seed, 1.0, cv2.THRESH_BINARY, dst=moved)
         evidence = cv2.resize(moved, size, interpolation=cv2.INTER_AREA) > 0  # any pixel of the block
-    colour = job = None
-    if ca is not None and p.colour_scale > 0:
-        colour = functools.partial(colour_difference_blocks, ca, cb, fit, fitted, COLOUR_BLUR * p.sigma,
-                                   p.colour_scale, same_m, scratch)
-        if _PARALLEL:
-            job = _pool().submit(colour)
     smap = ssim_map_pyramid(x, y, sigma=p.sigma, data_range=data_range, scratch=scratch)
     diff = np.subtract(np.float32(1.0), smap, out=smap)
-    if colour is not None:
-        col = job.result() if job is not None else colour()
+    if ca is not None and p.colour_scale > 0:
+        col = colour_difference_blocks(ca, cb, fit, fitted, COLOUR_BLUR * p.sigma, p.colour_scale, same_m, scratch)
         if evidence is not None:
             evidence |= col > np.float32(p.min_threshold)
         np.maximum(diff, col, out=diff)
