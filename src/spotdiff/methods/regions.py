@@ -18,6 +18,8 @@ DISTINCT_COLOURS = 20.0
 # Fragments lying on one foreground region of A or B (see `_linked`) join up to this many
 # `group_gap`s apart: the two ends of a mirrored cloud.
 SAME_OBJECT_GAPS = 6
+# A fragment's signature (mean colour in A and in B) is taken over at most about this many of its pixels.
+SIGNATURE_SAMPLES = 256
 # `_linked`: colours making up this share of a window's rim are background (within this many levels).
 BACKGROUND_SHARE = 0.1
 BACKGROUND_LEVELS = 24
@@ -97,22 +99,28 @@ def _signature_distance(sig: np.ndarray) -> np.ndarray:
 
 def _linked(img: np.ndarray, window: tuple[int, int, int, int], probes_i: tuple[np.ndarray, np.ndarray],
             probes_j: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Whether two change fragments lie on one object of `img` (uint8, working frame): inside `window`
+    """Whether two change fragments lie on one object of `img` (uint8, on the map grid): inside `window`
     (x1, y1, x2, y2), the colours that make up `BACKGROUND_SHARE` of the window's rim are background,
     the rest is foreground; the fragments are linked when one connected foreground region that does
     not cross the window (reach two sides of its rim) holds pixels of both or touches them within 2 px (`probes_*`: (ys, xs) arrays)."""
     import cv2
 
     x1, y1, x2, y2 = window
-    crop = img[y1:y2, x1:x2].reshape(y2 - y1, x2 - x1, -1).astype(np.int16)
-    rim = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
-    keys, inverse, counts = np.unique(rim >> 4, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
-    background = np.zeros(crop.shape[:2], bool)
+    crop = np.ascontiguousarray(img[y1:y2, x1:x2])
+    channels = 1 if crop.ndim == 2 else crop.shape[2]
+    rim = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]).reshape(-1, channels)
+    key = np.zeros(len(rim), np.int64)
+    for c in range(channels):  # 16 levels a channel
+        key = key * 16 + (rim[:, c] >> 4)
+    counts = np.bincount(key)
+    background = np.zeros(crop.shape[:2], np.uint8)
     for k in np.flatnonzero(counts >= BACKGROUND_SHARE * len(rim)):
-        colour = rim[inverse == k].mean(axis=0)
-        background |= np.abs(crop - colour).max(axis=2) <= BACKGROUND_LEVELS
-    n, lab = cv2.connectedComponents((~background).view(np.uint8), connectivity=8)
+        colour = rim[key == k].mean(axis=0)
+        lo = np.clip(colour - BACKGROUND_LEVELS, 0, 255)
+        hi = np.clip(colour + BACKGROUND_LEVELS, 0, 255)
+        background |= cv2.inRange(crop, tuple(lo.tolist()) if channels > 1 else float(lo[0]),
+                                  tuple(hi.tolist()) if channels > 1 else float(hi[0]))
+    n, lab = cv2.connectedComponents((background == 0).view(np.uint8), connectivity=8)
     if n <= 1:
         return False
     # a region crossing the window (reaching two sides of the rim: a horizon line, a large object
@@ -134,14 +142,21 @@ def _linked(img: np.ndarray, window: tuple[int, int, int, int], probes_i: tuple[
 
 
 def _join(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected components (group id per item) of the graph on `n` items with edges `pairs` (k×2)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Connected components (dense group ids, one per item) of the graph on `n` items with edges `pairs` (k×2):
+    union-find (the graphs here have a handful of edges; scipy's sparse setup costs more)."""
+    parent = list(range(n))
 
-    if len(pairs) == 0:
-        return np.arange(n)
-    g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return connected_components(g, directed=False)[1]
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs.tolist():
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.unique([root(i) for i in range(n)], return_inverse=True)[1].reshape(-1)  # dense ids
 
 
 def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area: float,
@@ -204,33 +219,36 @@ def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area:
     fboxes[:, 2:] += 1
     farea = np.bincount(frag, minlength=nf).astype(np.float64)
     fsums = np.bincount(frag, weights=np.minimum(diff.ravel()[fg], 1.0), minlength=nf)
-    sig = None
-    if colours is not None and nf > 1:
-        ca, cb, stride = colours
-        pa = ca[ys * stride, xs * stride].reshape(len(fg), -1).astype(np.float64)
-        pb = cb[ys * stride, xs * stride].reshape(len(fg), -1).astype(np.float64)
-        sig = np.stack([np.bincount(frag, weights=v, minlength=nf) for v in np.hstack([pa, pb]).T], axis=1)
-        sig /= farea[:, None]
     # fragments → objects
     gaps = _box_gaps(fboxes.astype(np.float64))
-    if sig is None:
-        near = gaps <= gap
-    else:
-        same = _signature_distance(sig) <= DISTINCT_COLOURS
-        near = gaps <= SAME_OBJECT_GAPS * gap
-        same &= gaps <= gap
+    near = gaps <= (gap if colours is None else SAME_OBJECT_GAPS * gap)
+    np.fill_diagonal(near, False)
+    sig = None
+    if colours is not None and near.any():  # (no fragment near another: nothing to decide)
         ca, cb, stride = colours
-        order = np.argsort(frag, kind="stable")
+        # each fragment's pixels, in order (a radix sort on 16-bit ids)
+        order = np.argsort(frag.astype(np.int16) if nf < 2**15 else frag, kind="stable")
         starts = np.searchsorted(frag[order], np.arange(nf + 1))
-        probes = [(ys[order[starts[k]:starts[k + 1]]] * stride, xs[order[starts[k]:starts[k + 1]]] * stride)
-                  for k in range(nf)]
-        H, W = ca.shape[:2]
+        probes = [(ys[order[starts[k]:starts[k + 1]]], xs[order[starts[k]:starts[k + 1]]]) for k in range(nf)]
+        # signatures from ≤ ~SIGNATURE_SAMPLES pixels a fragment, evenly spread over its pixels
+        sorted_frag = frag[order]
+        rank = np.arange(len(order)) - starts[sorted_frag]
+        step = np.maximum(farea.astype(np.int64) // SIGNATURE_SAMPLES, 1)
+        pick = order[rank % step[sorted_frag] == 0]
+        ps, pf = (ys[pick] * stride, xs[pick] * stride), frag[pick]
+        pa, pb = ca[ps].reshape(len(pick), -1), cb[ps].reshape(len(pick), -1)
+        sig = np.stack([np.bincount(pf, weights=v, minlength=nf)
+                        for p in (pa, pb) for v in np.ascontiguousarray(p.T, dtype=np.float64)], axis=1)
+        sig /= np.bincount(pf, minlength=nf)[:, None]
+        same = (_signature_distance(sig) <= DISTINCT_COLOURS) & (gaps <= gap)
+        # the images on the map grid (views: every `stride`-th pixel)
+        ga, gb = ca[::stride, ::stride], cb[::stride, ::stride]
         for i, j in np.argwhere(np.triu(near & ~same, 1)):
             box = np.r_[np.minimum(fboxes[i, :2], fboxes[j, :2]), np.maximum(fboxes[i, 2:], fboxes[j, 2:])]
             pad = max(2 * gap, 2)
-            window = (max(int(box[0] - pad) * stride, 0), max(int(box[1] - pad) * stride, 0),
-                      min(int(box[2] + pad) * stride, W), min(int(box[3] + pad) * stride, H))
-            if not (_linked(ca, window, probes[i], probes[j]) or _linked(cb, window, probes[i], probes[j])):
+            window = (max(int(box[0] - pad), 0), max(int(box[1] - pad), 0), min(int(box[2] + pad), w),
+                      min(int(box[3] + pad), h))
+            if not (_linked(ga, window, probes[i], probes[j]) or _linked(gb, window, probes[i], probes[j])):
                 near[i, j] = near[j, i] = False
     np.fill_diagonal(near, False)
     obj = _join(nf, np.argwhere(near))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 MIN_INLIERS = 12
+# A feature homography's inliers must span at least this share of the frame on both axes.
+MATCH_SPREAD = 0.3
 # align=auto matches features on copies this size at most (ORB on 1024² costs ~4× more, ECC refines).
 FEATURE_SIDE = 640
 FEATURES = 2500  # ORB / SIFT features per image for align=auto
@@ -59,7 +61,10 @@ class Copies:
 
 def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int = 4000
                          ) -> tuple[np.ndarray | None, int]:
-    """Homography mapping B's pixels onto A's (grey uint8 images) from feature matches, and #inliers."""
+    """Homography mapping B's pixels onto A's (grey uint8 images) from feature matches, and #inliers.
+    None when the inliers cluster in one place (their box spans under `MATCH_SPREAD` of the frame on
+    either axis): on a flat cartoon the features sit on the objects, and one moved object's matches
+    make a consistent homography of their own — the object's move, not the camera's."""
     import cv2
 
     if kind == "orb":
@@ -83,6 +88,11 @@ def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int
     dst = np.float32([ka[m.trainIdx].pt for m in good]).reshape(-1, 1, 2)
     H, inl = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     n = int(inl.sum()) if inl is not None else 0
+    if n >= MIN_INLIERS:
+        pts = dst.reshape(-1, 2)[inl.ravel() > 0]
+        span = (pts.max(axis=0) - pts.min(axis=0)) / np.array([a.shape[1], a.shape[0]])
+        if span.min() < MATCH_SPREAD:
+            return None, n
     return (H if n >= MIN_INLIERS else None), n
 
 
