@@ -70,7 +70,7 @@ class Puzzle:
 
 
 def _pt(x: float, y: float) -> tuple[int, int]:
-    return int(round(x * 16)), int(round(y * 16))  # 4 fractional bits (cv2 shift=4)
+    return round(x * 16), round(y * 16)  # 4 fractional bits (cv2 shift=4)
 
 
 def _poly(img, pts, fill, ink=INK, thick=2):
@@ -80,8 +80,8 @@ def _poly(img, pts, fill, ink=INK, thick=2):
 
 
 def _circle(img, cx, cy, r, fill, ink=INK, thick=2):
-    cv2.circle(img, _pt(cx, cy), int(round(r * 16)), fill, -1, cv2.LINE_AA, 4)
-    cv2.circle(img, _pt(cx, cy), int(round(r * 16)), ink, thick, cv2.LINE_AA, 4)
+    cv2.circle(img, _pt(cx, cy), round(r * 16), fill, -1, cv2.LINE_AA, 4)
+    cv2.circle(img, _pt(cx, cy), round(r * 16), ink, thick, cv2.LINE_AA, 4)
 
 
 def draw(img: np.ndarray, t: Thing) -> None:
@@ -165,7 +165,7 @@ def _colour_pair(rng) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 
 def _other_colour(rng, c) -> tuple[int, int, int]:
-    grey = lambda v: 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]  # noqa: E731
+    grey = lambda v: 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]
     choices = [p for p in PALETTE if abs(grey(p) - grey(c)) >= 35 and p != c]
     return choices[rng.integers(len(choices))]
 

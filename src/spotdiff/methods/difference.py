@@ -81,7 +81,7 @@ def unmatched_within(x: np.ndarray, y: np.ndarray, radius: int, region: np.ndarr
         fy = match_brightness(fx, cv2.LUT(y, UNIT_LUT), region)
         y = cv2.convertScaleAbs(fy, alpha=255.0)
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
-    lv = int(round(levels))
+    lv = round(levels)
     out = None
     for p, q in ((x, y), (y, x)):
         over = cv2.subtract(p, cv2.dilate(q, kernel))  # above the neighbourhood's maximum

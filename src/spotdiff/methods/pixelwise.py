@@ -17,7 +17,13 @@ Pipeline, for images A and B of any sizes:
    matches refined by ECC, and keeps it only when the features support it and it fits B to A better
    than no warp; otherwise identity, quietly (identical, flat or tiny images), with the reason in the
    notes. "homography" insists (ECC alone as a last resort, every fallback a warning); "none" skips.
-   B is warped into A's frame; pixels outside the warped overlap take A's values and are excluded.
+   B is warped into A's frame; pixels outside the warped overlap take A's values and are excluded:
+   the part of A with no counterpart in B is never a change (its share is `uncovered_fraction`).
+   After a warp, the residual shift (`residual_px`: phase correlation between A and warped B) sets a
+   match tolerance (`tolerance_px`: 1 px, 2 px past `RESIDUAL_OK_PX`): a pixel is evidence of a
+   change only if nothing within the tolerance in the other image matches it (a per-pixel diff
+   tool's anti-aliasing test, for the interpolation's soft edges and a fit off by a pixel), and the
+   difference map is kept only within the SSIM window's reach of such a pixel.
 3. Photometric normalisation (`normalize`): a robust affine colour fit (3×3 matrix + offset; grey
    images: gain + offset) maps B onto A (the changes themselves and saturated pixels are outliers of
    the fit), so exposure, contrast, white balance and saturation are not differences.
@@ -31,9 +37,13 @@ Pipeline, for images A and B of any sizes:
 6. Regions (`grouping`):
    - "objects" (default): hysteresis — pixels above `hysteresis` × threshold count when their
      8-connected region has a pixel above the threshold (faint tails of a change are covered, noise
-     without a strong core is not); fragments closer than `group_gap` × the frame's longer side are
-     one object (a textured object lights up along its texture in pieces); then boxes that overlap
-     are merged until none do (one numbered box per object, never overlapping boxes in one image).
+     without a strong core is not); fragments closer than `group_gap` × the frame's longer side with
+     the same mean colours in A and in B are one object (a textured object lights up along its
+     texture in pieces), and so are fragments up to 6 gaps apart that lie on one foreground region
+     of A or of B (a mirrored object's two ends); close fragments that are neither stay apart (a
+     moved house and a ball added beside it: two changes); then boxes that overlap are merged until
+     none do, except two distinct changes overlapping by under a fifth of the smaller box (one
+     numbered box per object).
      Each box's `regions` entry in the diagnostics says how many fragments it holds and which rules
      joined them.
    - "components": opening then closing with an elliptic `morph_kernel`, one box per component.
@@ -157,7 +167,8 @@ class SsimDetector(Detector):
     def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
             keep_maps: bool = False) -> PairDetections:
         """Detect, returning `PairDetections` (paired boxes) with diagnostics in `extras`
-        (`align` used and `align_requested`, `homography_b_to_a_working`, `threshold`, `grouping`,
+        (`align` used and `align_requested`, `homography_b_to_a_working`, `residual_px`,
+        `tolerance_px`, `uncovered_fraction`, `threshold`, `grouping`,
         `regions` (per box: fragments, pixels, the rules that merged them), `working_size`, `notes`,
         `timings`; with `keep_maps` also `diff` (float32 map in the working frame) and `valid`)."""
         import cv2

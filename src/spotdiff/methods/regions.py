@@ -1,7 +1,8 @@
 """From a difference map to boxes: the threshold and the regions (pixel-wise method, steps 5-6).
 
 `otsu_threshold` picks the threshold; `group_objects` (grouping "objects") joins hysteresis
-fragments into objects whose boxes never overlap; `regions_to_boxes` (grouping "components") boxes
+fragments into objects — by distance, colour and the images' own objects, so that neighbouring
+changes stay apart; `regions_to_boxes` (grouping "components") boxes
 8-connected components. Scores are the mean clipped difference over a region's pixels.
 """
 

@@ -6,7 +6,8 @@ needed); otherwise it estimates a homography from ORB (then SIFT) feature matche
 keeps it only when the features support it and it fits B to A better than no warp; otherwise
 identity, with the reason in the notes. `estimate_homography` (align="homography") insists: ECC alone
 as a last resort, a note for every fallback. `warp_onto_a` and `overlap_mask` bring B into A's frame
-and say which pixels the warped B covers. All functions take same-size grey uint8 images.
+and say which pixels the warped B covers; `uncovered_fraction` how much of A it leaves out, and
+`residual_shift` how far it is still off. All functions take same-size grey uint8 images.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 MIN_INLIERS = 12
 # A feature homography's inliers must span at least this share of the frame on both axes.
-MATCH_SPREAD = 0.3
+MATCH_SPREAD = 0.15
 # align=auto matches features on copies this size at most (ORB on 1024² costs ~4× more, ECC refines).
 FEATURE_SIDE = 640
 FEATURES = 2500  # ORB / SIFT features per image for align=auto
