@@ -10,9 +10,6 @@ must hold one).
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
 from spotdiff.methods.photometric import (
@@ -66,6 +63,35 @@ def colour_difference(x: np.ndarray, y: np.ndarray, sigma: float, scale: float,
     out *= np.float32(1.0 / scale)
     if f > 1:
         out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def unmatched_within(x: np.ndarray, y: np.ndarray, radius: int, region: np.ndarray, levels: float) -> np.ndarray:
+    """Bool map of the pixels that have no match within `radius` px in the other image: x (uint8, grey
+    or RGB) and y registered onto it; y is first fitted to x's colours over `region` (`colour_fit`).
+    A pixel of x matches when each channel lies within `levels` grey levels of the range that y takes
+    over the (2·radius+1)² square around it, and the same the other way round — a per-pixel diff
+    tool's anti-aliasing test, here absorbing a residual misalignment of up to `radius` px."""
+    import cv2
+
+    if x.ndim == 3:
+        y = apply_colour_fit_u8(y, colour_fit(None, None, region, raw_x=x, raw_y=y))
+    else:
+        fx = cv2.LUT(x, UNIT_LUT)
+        fy = match_brightness(fx, cv2.LUT(y, UNIT_LUT), region)
+        y = cv2.convertScaleAbs(fy, alpha=255.0)
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    lv = round(levels)
+    out = None
+    for p, q in ((x, y), (y, x)):
+        over = cv2.subtract(p, cv2.dilate(q, kernel))  # above the neighbourhood's maximum
+        under = cv2.subtract(cv2.erode(q, kernel), p)  # below its minimum
+        miss = cv2.max(over, under)
+        if miss.ndim == 3:  # the worst channel (cv2 on planes: ~10× numpy's max over the last axis)
+            r, g, b = cv2.split(miss)
+            miss = cv2.max(cv2.max(r, g), b)
+        miss = miss > lv
+        out = miss if out is None else out | miss
     return out
 
 
@@ -140,32 +166,6 @@ def colour_difference_blocks(raw_x: np.ndarray, raw_y: np.ndarray, fit: np.ndarr
     return out
 
 
-# The colour term and the SSIM map depend only on the fitted images, and OpenCV and numpy release the
-# GIL: the colour term runs on a helper thread while the calling thread computes the SSIM map
-# (1024² defaults: 12.4 → 10.7 ms, the same bytes; benchmarks/bench_ssim.py). False: one thread.
-_PARALLEL = True
-_POOL = None
-
-
-def _forget_pool() -> None:
-    global _POOL
-    _POOL = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)  # a fork copies the executor but not its threads
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        # 2 threads: two concurrent callers (`spotdiff serve`'s workers) do not queue behind each other;
-        # a lone caller reuses the idle thread, whose Scratch arrays stay warm
-        _POOL = ThreadPoolExecutor(2, thread_name_prefix="spotdiff-colour")
-    return _POOL
-
-
 def difference_map_blocks(ga: np.ndarray | None, gb: np.ndarray | None, region: np.ndarray,
                           ca: np.ndarray | None, cb: np.ndarray | None, same: np.ndarray | None,
                           same_m: np.ndarray | None, p: SsimParams,
@@ -205,16 +205,10 @@ def difference_map_blocks(ga: np.ndarray | None, gb: np.ndarray | None, region: 
     if p.grouping == "objects":
         cv2.threshold(moved, seed, 1.0, cv2.THRESH_BINARY, dst=moved)
         evidence = cv2.resize(moved, size, interpolation=cv2.INTER_AREA) > 0  # any pixel of the block
-    colour = job = None
-    if ca is not None and p.colour_scale > 0:
-        colour = functools.partial(colour_difference_blocks, ca, cb, fit, fitted, COLOUR_BLUR * p.sigma,
-                                   p.colour_scale, same_m, scratch)
-        if _PARALLEL:
-            job = _pool().submit(colour)
     smap = ssim_map_pyramid(x, y, sigma=p.sigma, data_range=data_range, scratch=scratch)
     diff = np.subtract(np.float32(1.0), smap, out=smap)
-    if colour is not None:
-        col = job.result() if job is not None else colour()
+    if ca is not None and p.colour_scale > 0:
+        col = colour_difference_blocks(ca, cb, fit, fitted, COLOUR_BLUR * p.sigma, p.colour_scale, same_m, scratch)
         if evidence is not None:
             evidence |= col > np.float32(p.min_threshold)
         np.maximum(diff, col, out=diff)

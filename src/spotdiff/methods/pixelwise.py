@@ -17,7 +17,13 @@ Pipeline, for images A and B of any sizes:
    matches refined by ECC, and keeps it only when the features support it and it fits B to A better
    than no warp; otherwise identity, quietly (identical, flat or tiny images), with the reason in the
    notes. "homography" insists (ECC alone as a last resort, every fallback a warning); "none" skips.
-   B is warped into A's frame; pixels outside the warped overlap take A's values and are excluded.
+   B is warped into A's frame; pixels outside the warped overlap take A's values and are excluded:
+   the part of A with no counterpart in B is never a change (its share is `uncovered_fraction`).
+   After a warp, the residual shift (`residual_px`: phase correlation between A and warped B) sets a
+   match tolerance (`tolerance_px`: 1 px, 2 px past `RESIDUAL_OK_PX`): a pixel is evidence of a
+   change only if nothing within the tolerance in the other image matches it (a per-pixel diff
+   tool's anti-aliasing test, for the interpolation's soft edges and a fit off by a pixel), and the
+   difference map is kept only within the SSIM window's reach of such a pixel.
 3. Photometric normalisation (`normalize`): a robust affine colour fit (3×3 matrix + offset; grey
    images: gain + offset) maps B onto A (the changes themselves and saturated pixels are outliers of
    the fit), so exposure, contrast, white balance and saturation are not differences.
@@ -31,9 +37,13 @@ Pipeline, for images A and B of any sizes:
 6. Regions (`grouping`):
    - "objects" (default): hysteresis — pixels above `hysteresis` × threshold count when their
      8-connected region has a pixel above the threshold (faint tails of a change are covered, noise
-     without a strong core is not); fragments closer than `group_gap` × the frame's longer side are
-     one object (a textured object lights up along its texture in pieces); then boxes that overlap
-     are merged until none do (one numbered box per object, never overlapping boxes in one image).
+     without a strong core is not); fragments closer than `group_gap` × the frame's longer side with
+     the same mean colours in A and in B are one object (a textured object lights up along its
+     texture in pieces), and so are fragments up to 6 gaps apart that lie on one foreground region
+     of A or of B (a mirrored object's two ends); close fragments that are neither stay apart (a
+     moved house and a ball added beside it: two changes); then boxes that overlap are merged until
+     none do, except two distinct changes overlapping by under a fifth of the smaller box (one
+     numbered box per object).
      Each box's `regions` entry in the diagnostics says how many fragments it holds and which rules
      joined them.
    - "components": opening then closing with an elliptic `morph_kernel`, one box per component.
@@ -56,16 +66,30 @@ import numpy as np
 
 from spotdiff.errors import SpotdiffError
 from spotdiff.methods.base import Detector, Overlay, PairDetections
-from spotdiff.methods.difference import difference_map, difference_map_blocks
+from spotdiff.methods.difference import difference_map, difference_map_blocks, unmatched_within
 from spotdiff.methods.photometric import to_grey
 from spotdiff.methods.regions import group_objects, otsu_threshold, regions_to_boxes
-from spotdiff.methods.registration import auto_homography, estimate_homography, overlap_mask, warp_onto_a
+from spotdiff.methods.registration import (
+    auto_homography,
+    estimate_homography,
+    overlap_mask,
+    residual_shift,
+    uncovered_fraction,
+    warp_onto_a,
+)
 from spotdiff.methods.ssim_map import TRUNCATE, Scratch
 from spotdiff.params import Params, SsimParams
 
 ALIGNS = ("auto", "homography", "none")  # registration modes (see the module doc)
 # Image sizes whose aspect ratios differ by less than this are one picture padded or cropped.
 SAME_SCALE_ASPECT = 0.05
+# After a warp, a pixel counts as changed only if nothing within TOLERANCE_PX (working-frame px) of it
+# in the other image matches it within TOLERANCE_LEVELS grey levels: 1 px when the registration's
+# residual (phase correlation after the warp) is under RESIDUAL_OK_PX, else 2 px. Interpolating B
+# softens its edges; a fit off by a fraction of a pixel lights every edge of a flat cartoon.
+TOLERANCE_PX = (1, 2)
+TOLERANCE_LEVELS = 16
+RESIDUAL_OK_PX = 0.5
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -143,7 +167,8 @@ class SsimDetector(Detector):
     def run(self, img_a: np.ndarray, img_b: np.ndarray, ignore_mask: np.ndarray | None = None,
             keep_maps: bool = False) -> PairDetections:
         """Detect, returning `PairDetections` (paired boxes) with diagnostics in `extras`
-        (`align` used and `align_requested`, `homography_b_to_a_working`, `threshold`, `grouping`,
+        (`align` used and `align_requested`, `homography_b_to_a_working`, `residual_px`,
+        `tolerance_px`, `uncovered_fraction`, `threshold`, `grouping`,
         `regions` (per box: fragments, pixels, the rules that merged them), `working_size`, `notes`,
         `timings`; with `keep_maps` also `diff` (float32 map in the working frame) and `valid`)."""
         import cv2
@@ -190,6 +215,8 @@ class SsimDetector(Detector):
         H = np.eye(3)
         align_used = "none"
         valid = None  # pixels B covers after the warp; None: all
+        residual = tolerance = 0.0
+        uncovered = 0.0
         if self.align != "none":
             if self.align == "auto":
                 H, align_used, notes = auto_homography(ga, gb)
@@ -202,6 +229,10 @@ class SsimDetector(Detector):
                 gb = cb if cb.ndim == 2 else (to_grey(cb) if not colour else None)
                 # the SSIM window must not reach the replicated border
                 valid = overlap_mask(H, (w, h), margin=int(TRUNCATE * p.sigma + 0.5) + 1)
+                # A's pixels that B does not show are never a change (masked by `valid`); their area
+                uncovered = uncovered_fraction(H, (w, h))
+                residual = residual_shift(ga, gb if gb is not None else to_grey(cb), valid)
+                tolerance = TOLERANCE_PX[0] if residual < RESIDUAL_OK_PX else TOLERANCE_PX[1]
         t_align = time.perf_counter()
 
         # 3-4. normalisation and difference map (on the map grid: every pixel, or every 2nd one)
@@ -225,6 +256,21 @@ class SsimDetector(Detector):
                                                    cb if colour else None, same if masked else None, same_m,
                                                    p, self._scratch)
             region_m = ~same_m if masked else None
+        if tolerance:
+            # A pixel that some neighbour in the other image matches is no evidence of a change, and
+            # the difference map is kept only within the SSIM window's reach of an unmatched pixel:
+            # the halos a residual misalignment leaves along every edge go, a change keeps its extent.
+            changed = unmatched_within(ca if colour else ga, cb if colour else gb, int(tolerance), region,
+                                       TOLERANCE_LEVELS).view(np.uint8)
+            reach = 2 * int(TRUNCATE * p.sigma + 0.5) + 1
+            near = cv2.dilate(changed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+            if stride > 1:  # a block is (near) changed when any of its pixels is
+                size_m = (diff.shape[1], diff.shape[0])
+                changed = cv2.resize(changed, size_m, interpolation=cv2.INTER_AREA)
+                near = cv2.resize(near, size_m, interpolation=cv2.INTER_AREA)
+            diff[near == 0] = 0.0
+            if evidence is not None:
+                evidence &= changed > 0
         if masked:
             diff[~region_m] = 0.0
         mh, mw = diff.shape
@@ -242,7 +288,8 @@ class SsimDetector(Detector):
         if p.grouping == "objects":
             gap = int(round(p.group_gap * max(mw, mh)))
             boxes_w, scores, regions_info = group_objects(diff, thr, p.hysteresis * thr, gap, min_area,
-                                                          region_m if masked else None, evidence)
+                                                          region_m if masked else None, evidence,
+                                                          colours=(ca, cb, stride))
             for r in regions_info:
                 r["pixels"] *= stride * stride
         else:
@@ -277,6 +324,12 @@ class SsimDetector(Detector):
             "grouping": p.grouping,
             "working_size": [w, h],
             "map_stride": stride,
+            # registration's leftovers: the residual shift (working px, phase correlation after the
+            # warp), the match tolerance it called for (px; 0: none, no warp), and the share of A's
+            # frame that B does not show (never reported as a change)
+            "residual_px": round(residual, 3),
+            "tolerance_px": int(tolerance),
+            "uncovered_fraction": round(uncovered, 5),
             "notes": notes,
             "device": str(self.device) if self.backend == "torch" else "cpu",
             "backend": self.backend,

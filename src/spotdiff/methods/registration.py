@@ -6,7 +6,8 @@ needed); otherwise it estimates a homography from ORB (then SIFT) feature matche
 keeps it only when the features support it and it fits B to A better than no warp; otherwise
 identity, with the reason in the notes. `estimate_homography` (align="homography") insists: ECC alone
 as a last resort, a note for every fallback. `warp_onto_a` and `overlap_mask` bring B into A's frame
-and say which pixels the warped B covers. All functions take same-size grey uint8 images.
+and say which pixels the warped B covers; `uncovered_fraction` how much of A it leaves out, and
+`residual_shift` how far it is still off. All functions take same-size grey uint8 images.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 MIN_INLIERS = 12
+# A feature homography's inliers must span at least this share of the frame on both axes.
+MATCH_SPREAD = 0.15
 # align=auto matches features on copies this size at most (ORB on 1024² costs ~4× more, ECC refines).
 FEATURE_SIDE = 640
 FEATURES = 2500  # ORB / SIFT features per image for align=auto
@@ -59,7 +62,10 @@ class Copies:
 
 def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int = 4000
                          ) -> tuple[np.ndarray | None, int]:
-    """Homography mapping B's pixels onto A's (grey uint8 images) from feature matches, and #inliers."""
+    """Homography mapping B's pixels onto A's (grey uint8 images) from feature matches, and #inliers.
+    None when the inliers cluster in one place (their box spans under `MATCH_SPREAD` of the frame on
+    either axis): on a flat cartoon the features sit on the objects, and one moved object's matches
+    make a consistent homography of their own — the object's move, not the camera's."""
     import cv2
 
     if kind == "orb":
@@ -83,6 +89,11 @@ def _features_homography(a: np.ndarray, b: np.ndarray, kind: str, nfeatures: int
     dst = np.float32([ka[m.trainIdx].pt for m in good]).reshape(-1, 1, 2)
     H, inl = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     n = int(inl.sum()) if inl is not None else 0
+    if n >= MIN_INLIERS:
+        pts = dst.reshape(-1, 2)[inl.ravel() > 0]
+        span = (pts.max(axis=0) - pts.min(axis=0)) / np.array([a.shape[1], a.shape[0]])
+        if span.min() < MATCH_SPREAD:
+            return None, n
     return (H if n >= MIN_INLIERS else None), n
 
 
@@ -113,8 +124,14 @@ def _ecc_homography(a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None
                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         d = sa - bw
         d -= np.median(d)
-        mask = cv2.erode((np.abs(d) < 20 / 255).astype(np.uint8), np.ones((5, 5), np.uint8))
-        agreement = float(mask.mean())
+        bad = (np.abs(d) >= 20 / 255).astype(np.uint8)
+        agreement = 1.0 - float(cv2.dilate(bad, np.ones((5, 5), np.uint8)).mean())
+        if min_agreement is None:
+            # A refinement must see the edges: on flat colours they are the only pixels that say where
+            # B is, and a residual misalignment lights exactly them (lines a few px wide). Leave out
+            # only the blobs that disagree (the changes): thin lines are opened away first.
+            bad = cv2.morphologyEx(bad, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+        mask = cv2.erode(1 - bad, np.ones((5, 5), np.uint8))
         if min_agreement is not None and agreement < min_agreement:
             return None
         if agreement < 0.2:  # too little agrees: the plain fit is the better guess
@@ -307,6 +324,17 @@ def warp_onto_a(b: np.ndarray, H: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return cv2.warpPerspective(b, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def uncovered_fraction(H: np.ndarray, size: tuple[int, int]) -> float:
+    """Share of A's frame (`size` w, h) that B, the same size and warped by H (B → A), does not cover."""
+    import cv2
+
+    w, h = size
+    frame = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    warped = cv2.perspectiveTransform(frame.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    area, _ = cv2.intersectConvexConvex(frame, warped.astype(np.float32))
+    return float(min(max(1.0 - area / (w * h), 0.0), 1.0))
+
+
 def overlap_mask(H: np.ndarray, size: tuple[int, int], margin: int) -> np.ndarray:
     """Bool h×w map of A's frame: True where B warped by H covers the pixel fully, eroded by `margin`
     px (a window of that radius there sees no replicated border)."""
@@ -318,3 +346,25 @@ def overlap_mask(H: np.ndarray, size: tuple[int, int], margin: int) -> np.ndarra
     inside = np.where(inside >= 254, 255, 0).astype(np.uint8)
     inside = cv2.erode(inside, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
     return inside > 0
+
+
+def residual_shift(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None, max_side: int = 512) -> float:
+    """How far (working-frame px) B, already registered onto A, is still off: the length of the
+    translation that phase correlation finds between the two (same-size grey uint8; `valid`: the pixels
+    B covers) on ≤ `max_side`-px copies — insensitive to exposure, sub-pixel. Flat images with no
+    structure give 0."""
+    import cv2
+
+    h, w = a.shape
+    s = min(1.0, max_side / max(h, w))
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    fa = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    fb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    if valid is not None and not valid.all():
+        keep = cv2.resize(valid.view(np.uint8), size, interpolation=cv2.INTER_NEAREST).view(bool)
+        fb[~keep] = fa[~keep]  # no counterpart: no evidence either way
+    window = cv2.createHanningWindow(size, cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(fa, fb, window)
+    if not np.isfinite(dx) or response < 0.05:
+        return 0.0
+    return float(np.hypot(dx, dy)) / s
