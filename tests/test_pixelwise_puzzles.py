@@ -26,6 +26,7 @@ from helpers.puzzles import (
 from helpers.scenes import iou_one_to_many
 from spotdiff.methods import pixelwise
 from spotdiff.methods.pixelwise import SsimDetector
+from spotdiff.params import SsimParams
 
 HELD_OUT = range(100, 110)  # never used for tuning (seeds 0-19 were)
 
@@ -73,7 +74,7 @@ def test_registration_leftovers_are_in_the_diagnostics():
     pz = make_puzzle(101, shift=(3, 0), gain=1.06)
     res = _run(SsimDetector(), pz.image_a, pz.image_b)
     ex = res.extras
-    assert ex["residual_px"] < pixelwise.RESIDUAL_OK_PX and ex["tolerance_px"] == pixelwise.TOLERANCE_PX[0]
+    assert ex["residual_px"] < pixelwise.RESIDUAL_OK_PX and ex["tolerance_px"] == 1
     assert ex["uncovered_fraction"] == pytest.approx(3 / 512, abs=0.002)  # a 3 px strip of 512
     aligned = _run(SsimDetector(), pz.image_a, pz.image_a.copy()).extras
     assert aligned["tolerance_px"] == 0 and aligned["uncovered_fraction"] == 0 and aligned["residual_px"] == 0
@@ -94,7 +95,7 @@ def test_registration_off_by_more_than_a_pixel_says_so_and_tolerates_it(monkeypa
         pz = make_puzzle(seed, shift=(3, 0), gain=1.06)
         res = det.run(pz.image_a, pz.image_b)
         residuals.append(res.extras["residual_px"])
-        assert res.extras["tolerance_px"] == pixelwise.TOLERANCE_PX[1]
+        assert res.extras["tolerance_px"] == SsimParams().match_tolerance == 2
         scores.append(score_puzzle(pz, res.boxes_a, res.boxes_b))
     assert 1.0 < np.median(residuals) < 2.0  # the true error is 1.34 px
     assert np.mean([s["recall"] for s in scores]) >= 0.85

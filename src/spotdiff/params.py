@@ -508,6 +508,9 @@ class SsimParams(_Section):
     map_side: StrictInt = Field(512, ge=0, le=SIDE_MAX)
     # auto: homography from feature matches when they support one, else identity (the choice is in
     # the report); homography: features, then ECC, then identity, each fallback a warning; none.
+    # After a warp, a pixel counts as changed only if nothing within this many px of it in the other
+    # image matches it (1 px while the registration residual is under 0.5 px); 0 = off.
+    match_tolerance: StrictInt = Field(2, ge=0, le=8)
     align: Literal["none", "homography", "auto"] = "auto"
     # Otsu never goes below this on the difference map (identical or near-identical images box nothing).
     min_threshold: StrictFloat = Field(0.3, ge=0, le=2)

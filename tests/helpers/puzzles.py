@@ -165,7 +165,8 @@ def _colour_pair(rng) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 
 def _other_colour(rng, c) -> tuple[int, int, int]:
-    grey = lambda v: 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]
+    def grey(v):
+        return 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]
     choices = [p for p in PALETTE if abs(grey(p) - grey(c)) >= 35 and p != c]
     return choices[rng.integers(len(choices))]
 

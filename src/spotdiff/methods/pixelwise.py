@@ -83,11 +83,10 @@ from spotdiff.params import Params, SsimParams
 ALIGNS = ("auto", "homography", "none")  # registration modes (see the module doc)
 # Image sizes whose aspect ratios differ by less than this are one picture padded or cropped.
 SAME_SCALE_ASPECT = 0.05
-# After a warp, a pixel counts as changed only if nothing within TOLERANCE_PX (working-frame px) of it
-# in the other image matches it within TOLERANCE_LEVELS grey levels: 1 px when the registration's
-# residual (phase correlation after the warp) is under RESIDUAL_OK_PX, else 2 px. Interpolating B
+# After a warp, a pixel counts as changed only if nothing within `ssim.match_tolerance` working-frame
+# px of it in the other image matches it within TOLERANCE_LEVELS grey levels (1 px when the
+# registration's residual, phase correlation after the warp, is under RESIDUAL_OK_PX). Interpolating B
 # softens its edges; a fit off by a fraction of a pixel lights every edge of a flat cartoon.
-TOLERANCE_PX = (1, 2)
 TOLERANCE_LEVELS = 16
 RESIDUAL_OK_PX = 0.5
 
@@ -232,7 +231,7 @@ class SsimDetector(Detector):
                 # A's pixels that B does not show are never a change (masked by `valid`); their area
                 uncovered = uncovered_fraction(H, (w, h))
                 residual = residual_shift(ga, gb if gb is not None else to_grey(cb), valid)
-                tolerance = TOLERANCE_PX[0] if residual < RESIDUAL_OK_PX else TOLERANCE_PX[1]
+                tolerance = min(1, p.match_tolerance) if residual < RESIDUAL_OK_PX else p.match_tolerance
         t_align = time.perf_counter()
 
         # 3-4. normalisation and difference map (on the map grid: every pixel, or every 2nd one)
