@@ -44,7 +44,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from _timing import interleaved_medians  # benchmarks/ is on sys.path when run as a script
+from _timing import interleaved_medians, machine, machine_line  # benchmarks/ is on sys.path as a script
 
 from spotdiff.boxes import iou_matrix
 from spotdiff.fsutil import write_json_atomic
@@ -213,7 +213,7 @@ def main() -> int:
                 "gives the reference's boxes",
         "timing": "interleaved rounds, median", "rounds": args.repeats,
         "rows": rows,
-        "machine": {"python": platform.python_version(),
+        "machine": {**machine(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "threads_opencv_and_torch": args.threads, "cuda": torch.cuda.is_available(),
                     "opencv": cv2.__version__, "torch": torch.__version__,
@@ -237,6 +237,7 @@ def main() -> int:
                           ("registration, moved 3px+1°", "registration_camera_moved_3px_1deg")):
             reg = row[key]
             print(f"{'':>6} {name:<30} {reg['method']:<7} {reg['working_side']:>8} {reg['seconds_median']:>9.3f}")
+    print(machine_line(result["machine"]))
     print(f"threads {args.threads} (OpenCV and torch) | load average 1 min {result['machine']['load_average_1m_before']}"
           f" before, {result['machine']['load_average_1m_after']} after | median of {args.repeats} interleaved rounds")
     print("goal (new defaults, registration included, >= 10x; same work gives the reference's boxes): "
