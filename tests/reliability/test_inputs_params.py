@@ -47,6 +47,8 @@ ZERO_OK = {
     "ssim.seed_delta", "ssim.min_area_fraction", "ssim.map_side", "ssim.min_threshold",
     "ssim.colour_scale", "evaluate.samples_to_draw", "evaluate.num_workers", "register.promote_margin",
     "register.ap_floor",
+    "pairs.text_fraction", "pairs.parallax_fraction", "pairs.relight_fraction",  # 0 = the paper's pairs
+    "ssim.match_tolerance", "testsets.no_change_fraction",  # 0 = off / none
 }
 MINUS_ONE_OK = {"train.max_steps"}
 
