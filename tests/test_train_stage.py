@@ -139,7 +139,10 @@ def test_step_budget_schedule_and_val_ap_in_mlflow(tiny_pairs_steps, tmp_path, m
     assert [m.step for m in ap] == [1, 3] or len(ap) == 2  # one per validation (Lightning's step index)
     assert all(0.0 <= m.value <= 1.0 for m in ap)
     assert summary["best_val_ap50"] == pytest.approx(max(m.value for m in ap), abs=1e-6)
-    lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr-Adam"), key=lambda m: m.step)]
+    # two parameter groups (the encoder's, train.encoder_lr_factor): Lightning logs lr-Adam/pg1, /pg2
+    lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr-Adam/pg1"), key=lambda m: m.step)]
+    encoder_lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr-Adam/pg2"), key=lambda m: m.step)]
+    assert encoder_lrs == pytest.approx([lr * cfg["train"].get("encoder_lr_factor", 1.0) for lr in lrs])
     assert len(lrs) == 4 and lrs[0] == pytest.approx(0.001 * 0.01) and lrs[1] == pytest.approx(0.001)
     assert lrs[3] < lrs[2] < lrs[1]
     assert math.isfinite(summary["best_val_loss"])
