@@ -19,7 +19,8 @@ TINY_EPOCHS = {
               "decoder_channels": [256, 256, 128, 128, 64]},
     "train": {"batch_size": 4, "max_epochs": 2, "log_every_n_steps": 1, "preview_pairs": 2, "lr": 0.0001,
               "max_steps": -1, "lr_schedule": "constant", "warmup_steps": 0, "val_every_n_steps": 0,
-              "monitor": "val/loss", "precision": "32-true", "affine_start_step": 0, "affine_ramp_steps": 0},
+              "monitor": "val/loss", "precision": "32-true", "affine_start_step": 0, "affine_ramp_steps": 0,
+              "num_workers": 0},
 }
 
 # The CPU-training tests' base (issue F7), which each test changes: no pairs preview, one preview pair,
@@ -32,7 +33,8 @@ TINY_STEPS = {
               "decoder_channels": [256, 256, 128, 128, 64]},
     "train": {"batch_size": 4, "log_every_n_steps": 1, "preview_pairs": 1, "lr": 0.0001, "max_steps": -1,
               "lr_schedule": "constant", "warmup_steps": 0, "val_every_n_steps": 0, "monitor": "val/loss",
-              "precision": "32-true", "affine_start_step": 0, "affine_ramp_steps": 0},
+              "precision": "32-true", "affine_start_step": 0, "affine_ramp_steps": 0,
+              "num_workers": 0},
 }
 
 
