@@ -255,13 +255,7 @@ def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area:
     obj = _join(nf, np.argwhere(near))
     obj = (np.cumsum(np.bincount(obj, minlength=nf) > 0) - 1)[obj]
     m = int(obj.max()) + 1
-    boxes = np.empty((m, 4), np.float64)
-    boxes[:, :2] = np.inf
-    boxes[:, 2:] = -np.inf
-    np.minimum.at(boxes[:, 0], obj, fboxes[:, 0])
-    np.minimum.at(boxes[:, 1], obj, fboxes[:, 1])
-    np.maximum.at(boxes[:, 2], obj, fboxes[:, 2])
-    np.maximum.at(boxes[:, 3], obj, fboxes[:, 3])
+    boxes = _group_boxes(fboxes, obj, m)
     area = np.bincount(obj, weights=farea, minlength=m)
     sums = np.bincount(obj, weights=fsums, minlength=m)
     fragments = np.bincount(obj, minlength=m)
@@ -284,6 +278,18 @@ def group_objects(diff: np.ndarray, high: float, low: float, gap: int, min_area:
     return boxes[order], scores[order], [info[k] for k in order]
 
 
+def _group_boxes(boxes: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    """The n boxes (xyxy) that each enclose the `boxes` of one group (`group[k]` in [0, n))."""
+    out = np.empty((n, 4), np.float64)
+    out[:, :2] = np.inf
+    out[:, 2:] = -np.inf
+    np.minimum.at(out[:, 0], group, boxes[:, 0])
+    np.minimum.at(out[:, 1], group, boxes[:, 1])
+    np.maximum.at(out[:, 2], group, boxes[:, 2])
+    np.maximum.at(out[:, 3], group, boxes[:, 3])
+    return out
+
+
 def _merge_overlapping(boxes: np.ndarray, members: list[list[int]], sig: np.ndarray | None = None,
                        area: np.ndarray | None = None) -> tuple[np.ndarray, list[list[int]]]:
     """Merge boxes (xyxy, exclusive ends) that overlap, repeating until none do (a merged box can
@@ -303,13 +309,7 @@ def _merge_overlapping(boxes: np.ndarray, members: list[list[int]], sig: np.ndar
             break
         group = _join(len(boxes), np.argwhere(touch))
         n = int(group.max()) + 1
-        merged = np.empty((n, 4))
-        merged[:, :2] = np.inf
-        merged[:, 2:] = -np.inf
-        np.minimum.at(merged[:, 0], group, boxes[:, 0])
-        np.minimum.at(merged[:, 1], group, boxes[:, 1])
-        np.maximum.at(merged[:, 2], group, boxes[:, 2])
-        np.maximum.at(merged[:, 3], group, boxes[:, 3])
+        merged = _group_boxes(boxes, group, n)
         new_members: list[list[int]] = [[] for _ in range(n)]
         for k, g in enumerate(group):
             new_members[g].extend(members[k])
