@@ -31,7 +31,10 @@ def test_bad_limits_one_line_exit_2(tmp_path):
     assert "--max-pixels" in r.stderr
 
 
-@pytest.mark.slow  # ~30 s on 2 busy cores: 104 detections through a real server
+ROUNDS = 4
+
+
+@pytest.mark.slow  # ~45 s on 2 busy cores: 204 detections through a real server
 def test_50_concurrent_requests_bounded_and_memory_flat(tmp_path, tiny_model_file):
     import psutil
 
@@ -51,21 +54,27 @@ def test_50_concurrent_requests_bounded_and_memory_flat(tmp_path, tiny_model_fil
             assert one(i)[0] == 200
         rss = [proc.memory_info().rss]
         answers = []
-        for _round in range(2):
+        for _round in range(ROUNDS):
             with ThreadPoolExecutor(50) as ex:
                 got = list(ex.map(one, range(50)))
             answers.append(got)
             rss.append(proc.memory_info().rss)
         statuses = [s for got in answers for s, _ in got]
-        assert statuses == [200] * 100, [body for got in answers for s, body in got if s != 200][:3]
+        assert statuses == [200] * 50 * ROUNDS, [body for got in answers for s, body in got if s != 200][:3]
         # the same pair gives the same boxes every time, whatever the interleaving
         for method in ("ssim", "cyws"):
             distinct = {str(body["images"]) for got in answers for _, body in got if body["method"] == method}
             assert len(distinct) == 1, method
         health = server.get_json("/healthz")
-        assert health["pending"] == 0 and health["served"] == 104
+        assert health["pending"] == 0 and health["served"] == 4 + 50 * ROUNDS
         mb = np.array(rss) / 2**20
-        # flat: a second round of 50 adds (almost) nothing to what the first one needed
-        assert mb[2] - mb[1] < 40, f"RSS MB warm/after 50/after 100: {mb.round(1).tolist()}"
-        assert mb[1] - mb[0] < 300, f"RSS MB warm/after 50/after 100: {mb.round(1).tolist()}"
+        shown = f"RSS MB warm, then after each round of 50: {mb.round(1).tolist()}"
+        # flat. glibc's per-thread arenas make RSS step by 20-45 MB in an odd round and give it back in
+        # another (measured: 926, 946, 946, 927, 946 MB; the CI once saw +45 MB in round 2), so one
+        # round's step is noise. A leak grows in every round: the median step after the first round
+        # stays under 10 MB and three rounds add < 80 MB. (Tried: 1 MB kept per request fails this with
+        # steps of 31, 60, 64 MB; 0.24 MB per request hides in the arenas' holes, RSS cannot see it.)
+        steps = np.diff(mb[1:])
+        assert np.median(steps) < 10 and mb[-1] - mb[1] < 80, shown
+        assert mb[1] - mb[0] < 300, shown
     assert server.process.returncode is not None  # stopped by the fixture
