@@ -453,6 +453,32 @@ def test_matching_init_starts_coattention_on_corresponding_positions():
 def test_attention_init_is_a_known_choice():
     with pytest.raises(SpotdiffError, match="attention_init"):
         CYWS(backbone="resnet18", image_size=64, attention_init="tied")
+    with pytest.raises(SpotdiffError, match="attention_fusion"):
+        CYWS(backbone="resnet18", image_size=64, attention_fusion="sum")
+
+
+def test_difference_fusion_passes_the_change_and_survives_a_checkpoint(tmp_path):
+    """attention_fusion="difference": CoAM gives [f ‖ |f − A·V|]. On an identical pair whose attention
+    is one-hot on the same position, the second half is 0; where B differs, it is not. Same widths as
+    "concat", so the decoder is unchanged; the choice is kept by the checkpoint."""
+    torch.manual_seed(0)
+    coam = CoAttention(8, 4, fusion="difference")
+    f = torch.rand(1, 8, 3, 3)
+    coam.attention = lambda q, o: torch.eye(9).unsqueeze(0)  # each position attends to itself
+    same, _ = coam.attend(f, f)
+    assert same.shape == (1, 16, 3, 3) and torch.equal(same[:, :8], f) and same[:, 8:].abs().max() == 0
+    g = f.clone()
+    g[..., 1, 1] += 1.0
+    changed, _ = coam.attend(f, g)
+    torch.testing.assert_close(changed[:, 8:, 1, 1], torch.ones(1, 8))
+    assert changed[:, 8:].sum() == pytest.approx(8.0)
+    m = CYWS(backbone="resnet18", image_size=64, attention_fusion="difference",
+             decoder_channels=[64, 64, 32, 32, 16]).eval()
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    save_model(m, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config["attention_fusion"] == "difference" and loaded.attention[0].difference
+    torch.testing.assert_close(loaded(a, b)[0]["heatmap"], m(a, b)[0]["heatmap"])
 
 
 def test_decoder_channels_set_the_decoder_and_head_widths_and_survive_a_checkpoint(tmp_path):

@@ -101,6 +101,7 @@ def test_paper_profile_keeps_the_papers_recipe(repo_root):
     assert paper.model.backbone == "resnet50" and paper.model.image_size == 256
     assert paper.model.decoder_channels == (256, 256, 128, 128, 64)
     assert paper.model.attention_scale == "none" and paper.model.attention_init == "independent"
+    assert paper.model.attention_fusion == "concat"
     t = paper.train
     assert (t.lr, t.lr_schedule, t.max_steps, t.max_epochs, t.monitor) == (1e-4, "constant", -1, 200, "val/loss")
     assert (t.warmup_steps, t.val_every_n_steps, t.affine_start_step, t.affine_ramp_steps) == (0, 0, 0, 0)
@@ -285,6 +286,7 @@ def test_model_in_code_has_the_schemas_limits():
     assert official.REFERENCE_SETTINGS["decoder_channels"] == REFERENCE_DECODER_CHANNELS
     assert official.REFERENCE_SETTINGS["attention_scale"] == "none"
     assert official.REFERENCE_SETTINGS["attention_init"] == "independent"
+    assert official.REFERENCE_SETTINGS["attention_fusion"] == "concat"
     with torch.device("meta"):
         legacy = CYWS.from_params({"backbone": "resnet18"})  # a checkpoint saved before these keys existed
     assert legacy.config["decoder_channels"] == list(REFERENCE_DECODER_CHANNELS)

@@ -60,10 +60,12 @@ AttentionScale = Literal["none", "sqrt_d"]
 # How the CoAM key conv starts: "independent" (the reference) or "matching" (a copy of the query
 # conv, so attention starts on corresponding positions; see models/coattention.py).
 AttentionInit = Literal["independent", "matching"]
+AttentionFusion = Literal["concat", "difference"]
 BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
 ATTENTIONS: tuple[str, ...] = typing.get_args(AttentionKind)
 ATTENTION_SCALES: tuple[str, ...] = typing.get_args(AttentionScale)
 ATTENTION_INITS: tuple[str, ...] = typing.get_args(AttentionInit)
+ATTENTION_FUSIONS: tuple[str, ...] = typing.get_args(AttentionFusion)
 ATTENTION_LAYERS_MIN, ATTENTION_LAYERS_MAX = 1, 3
 IMAGE_SIZE_MIN, IMAGE_SIZE_MULTIPLE = 64, 32
 # Upper bounds come from what the code allocates: a model input of IMAGE_SIZE_MAX² at batch 1 is
@@ -389,6 +391,7 @@ class ModelParams(_Section):
     # See AttentionScale: the reference (and its published weights) needs "none".
     attention_scale: AttentionScale = "sqrt_d"
     attention_init: AttentionInit = "independent"
+    attention_fusion: AttentionFusion = "concat"
     # U-Net decoder widths, deepest block first; the head's hidden width is the last one. The
     # reference (and its published weights): REFERENCE_DECODER_CHANNELS = 256, 256, 128, 128, 64.
     # The decoder and head run at full resolution and take most of a CPU step at 64 px: quarter

@@ -274,7 +274,8 @@ class CywsDetector(Detector):
 
     def summary(self) -> str:
         c = self.model.config
-        return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}, "
+        fusion = " (difference)" if c.get("attention_fusion") == "difference" else ""
+        return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}{fusion}, "
                 f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px")
 
     def overlays(self, img_a: np.ndarray, img_b: np.ndarray, dets: PairDetections,

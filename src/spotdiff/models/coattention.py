@@ -6,7 +6,10 @@ CoAM, for a query map f (B×C×H×W) and the other image's map g (B×C×H'×W'):
         s = 1 ("none": the reference's exact semantics, needed for its published weights) or
         1/√d ("sqrt_d": logits that do not saturate from random init, so rows start near uniform
         instead of one-hot on an arbitrary position)
-    out = [f ‖ A·V]  (2C channels at f's resolution)
+    out = [f ‖ A·V]  (2C channels at f's resolution; fusion "concat", the paper's), or
+    out = [f ‖ |f − A·V|]  (fusion "difference": the decoder is handed how far each position is from
+        what it attends to in the other image, instead of having to learn the subtraction; same
+        widths, so the decoder and the cost are unchanged. docs/LEARNING.md has its measured gain)
 One module serves both directions: `forward(fa, fb)` returns (ψ(fa, fb), ψ(fb, fa)).
 NOAM: out = [f ‖ g], no parameters.
 
@@ -23,20 +26,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spotdiff.params import ATTENTION_INITS, ATTENTION_SCALES  # the choices, defined once
+from spotdiff.params import ATTENTION_FUSIONS, ATTENTION_INITS, ATTENTION_SCALES  # the choices, defined once
 
 
 class CoAttention(nn.Module):
     """Co-attention module (CoAM) for one feature level."""
 
     def __init__(self, channels: int, key_channels: int, scale: str = "none",
-                 init: str = "independent") -> None:
+                 init: str = "independent", fusion: str = "concat") -> None:
         super().__init__()
         if scale not in ATTENTION_SCALES:
             raise ValueError(f"attention scale {scale!r}: use one of {', '.join(ATTENTION_SCALES)}")
         if init not in ATTENTION_INITS:
             raise ValueError(f"attention init {init!r}: use one of {', '.join(ATTENTION_INITS)}")
+        if fusion not in ATTENTION_FUSIONS:
+            raise ValueError(f"attention fusion {fusion!r}: use one of {', '.join(ATTENTION_FUSIONS)}")
         self.scale = 1.0 if scale == "none" else key_channels ** -0.5
+        self.difference = fusion == "difference"
         self.query_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
         self.key_conv = nn.Conv2d(channels, key_channels, kernel_size=1, bias=True)
         if init == "matching":
@@ -58,6 +64,8 @@ class CoAttention(nn.Module):
         a = self.attention(query, other)
         v = other.flatten(2)  # B×C×M
         attended = torch.bmm(v, a.transpose(1, 2)).reshape(query.shape[0], other.shape[1], *query.shape[2:])
+        if self.difference:
+            attended = (query - attended).abs()
         return torch.cat([query, attended], dim=1), a
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, return_attention: bool = False):

@@ -35,6 +35,7 @@ from spotdiff.models.encoder import build_encoder
 # The limits of the model's settings are the params schema's (one definition, in spotdiff.params):
 # a model built from params.yaml was checked there; one built in code is checked here the same way.
 from spotdiff.params import (
+    ATTENTION_FUSIONS,
     ATTENTION_INITS,
     ATTENTION_LAYERS_MAX,
     ATTENTION_LAYERS_MIN,
@@ -55,7 +56,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODER_CHANNELS = REFERENCE_DECODER_CHANNELS  # the reference's widths: the constructor's default
 CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
-               "max_boxes", "attention_scale", "attention_init", "decoder_channels")
+               "max_boxes", "attention_scale", "attention_init", "attention_fusion", "decoder_channels")
 
 
 def _is_int(value: Any) -> bool:
@@ -76,6 +77,7 @@ class CYWS(nn.Module):
         image_size: int = 256,
         attention_scale: str = "none",
         attention_init: str = "independent",
+        attention_fusion: str = "concat",
         decoder_channels: Sequence[int] = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
@@ -100,10 +102,14 @@ class CYWS(nn.Module):
         if attention_init not in ATTENTION_INITS:
             raise SpotdiffError(f"model.attention_init: {attention_init!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_INITS)}")
+        if attention_fusion not in ATTENTION_FUSIONS:
+            raise SpotdiffError(f"model.attention_fusion: {attention_fusion!r} is not supported; "
+                                f"use one of {', '.join(ATTENTION_FUSIONS)}")
         self.config: dict[str, Any] = {
             "backbone": backbone, "attention": attention, "attention_layers": attention_layers,
             "scse": bool(scse), "image_size": image_size, "pretrained_weights": str(pretrained_weights or ""),
             "max_boxes": max_boxes, "attention_scale": attention_scale, "attention_init": attention_init,
+            "attention_fusion": attention_fusion,
             "decoder_channels": decoder_channels,
         }
         self.max_boxes = max_boxes
@@ -113,7 +119,7 @@ class CYWS(nn.Module):
         self.attention_levels = [4, 3, 2][:attention_layers]
         widths = key_widths(backbone)
         self.attention = nn.ModuleList(
-            CoAttention(channels[lvl], widths[j], attention_scale, attention_init) if attention == "coam"
+            CoAttention(channels[lvl], widths[j], attention_scale, attention_init, attention_fusion) if attention == "coam"
             else NoAttention()
             for j, lvl in enumerate(self.attention_levels)
         )
@@ -131,7 +137,7 @@ class CYWS(nn.Module):
                else lambda k, d=None: getattr(model_params, k, d))
         defaults = {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
                     "pretrained_weights": "", "max_boxes": 100, "image_size": 256,
-                    "attention_scale": "none", "attention_init": "independent",
+                    "attention_scale": "none", "attention_init": "independent", "attention_fusion": "concat",
                     "decoder_channels": DECODER_CHANNELS}
         return cls(**{k: get(k, d) for k, d in defaults.items()})
 

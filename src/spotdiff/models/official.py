@@ -43,7 +43,7 @@ PUBLISHED_PREFIXES = ("unet_model.", "coattention_modules.", "centernet_head.")
 # The settings the authors trained and evaluated with (the rest is read off the weights). Every one
 # is spelled out, never left to a default: params.yaml's (and ModelParams') embedded recipe differs.
 REFERENCE_SETTINGS = {"image_size": 256, "attention_scale": "none", "attention_init": "independent",
-                      "decoder_channels": REFERENCE_DECODER_CHANNELS, "pretrained_weights": "",
+                      "attention_fusion": "concat", "decoder_channels": REFERENCE_DECODER_CHANNELS, "pretrained_weights": "",
                       "max_boxes": 100}
 # The paper's Table 1 (AP@0.5) for the published R50 / 3×CoAM / scSE / affine checkpoint.
 PAPER_AP50 = {"coco_inpainted": 0.63, "synthtext_change": 0.89, "virat_std": 0.54, "kubric_change": 0.76}
