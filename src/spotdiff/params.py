@@ -391,7 +391,8 @@ class ModelParams(_Section):
     # See AttentionScale: the reference (and its published weights) needs "none".
     attention_scale: AttentionScale = "sqrt_d"
     attention_init: AttentionInit = "independent"
-    attention_fusion: AttentionFusion = "concat"
+    # CoAM output: "difference" [f ‖ |f − A·V|] or "concat" [f ‖ A·V] (the paper; its published weights)
+    attention_fusion: AttentionFusion = "difference"
     # U-Net decoder widths, deepest block first; the head's hidden width is the last one. The
     # reference (and its published weights): REFERENCE_DECODER_CHANNELS = 256, 256, 128, 128, 64.
     # The decoder and head run at full resolution and take most of a CPU step at 64 px: quarter
