@@ -273,10 +273,7 @@ class CywsDetector(Detector):
         return {"engine": self.engine_name}
 
     def summary(self) -> str:
-        c = self.model.config
-        fusion = " (difference)" if c.get("attention_fusion") == "difference" else ""
-        return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}{fusion}, "
-                f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px")
+        return self.model.summary()
 
     def overlays(self, img_a: np.ndarray, img_b: np.ndarray, dets: PairDetections,
                  shown: PairDetections) -> list[Overlay]:

@@ -132,14 +132,23 @@ class CYWS(nn.Module):
 
     @classmethod
     def from_params(cls, model_params: Any) -> "CYWS":
-        """Build from a `spotdiff.params.ModelParams` (or any object/dict with its fields)."""
+        """Build from a `spotdiff.params.ModelParams` (or any object/dict with its fields).
+
+        A setting it lacks (a checkpoint saved before the setting existed) takes the constructor's
+        default, the reference's.
+        """
+        missing = object()
         get = (model_params.get if isinstance(model_params, dict)
-               else lambda k, d=None: getattr(model_params, k, d))
-        defaults = {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
-                    "pretrained_weights": "", "max_boxes": 100, "image_size": 256,
-                    "attention_scale": "none", "attention_init": "independent", "attention_fusion": "concat",
-                    "decoder_channels": DECODER_CHANNELS}
-        return cls(**{k: get(k, d) for k, d in defaults.items()})
+               else lambda k, d: getattr(model_params, k, d))
+        given = {k: get(k, missing) for k in CONFIG_KEYS}
+        return cls(**{k: v for k, v in given.items() if v is not missing})
+
+    def summary(self) -> str:
+        """Its settings in one line, e.g. "mobilenet_v2, 3×coam (difference), scSE on, 64 px"."""
+        c = self.config
+        fusion = " (difference)" if c["attention_fusion"] == "difference" else ""
+        return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}{fusion}, "
+                f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px")
 
     # ----------------------------------------------------------------------------- forward
 

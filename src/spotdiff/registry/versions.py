@@ -249,9 +249,7 @@ def import_checkpoint(params: Any, path: str | Path, name: str | None = None, al
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=(
-        f"{origin}: {path.name} (md5 {source_md5}), converted to spotdiff-cyws/1; "
-        f"{cfg['backbone']}, {cfg['attention_layers']}×{cfg['attention']}, "
-        f"scSE {'on' if cfg['scse'] else 'off'}, {cfg['image_size']} px"))
+        f"{origin}: {path.name} (md5 {source_md5}), converted to spotdiff-cyws/1; {model.summary()}"))
     previous = None
     if alias != "none":
         try:
