@@ -69,12 +69,12 @@ def test_50_concurrent_requests_bounded_and_memory_flat(tmp_path, tiny_model_fil
         assert health["pending"] == 0 and health["served"] == 4 + 50 * ROUNDS
         mb = np.array(rss) / 2**20
         shown = f"RSS MB warm, then after each round of 50: {mb.round(1).tolist()}"
-        # flat. glibc's per-thread arenas make RSS step by 20-45 MB in an odd round and give it back in
-        # another (measured: 926, 946, 946, 927, 946 MB; the CI once saw +45 MB in round 2), so one
-        # round's step is noise. A leak grows in every round: the median step after the first round
-        # stays under 10 MB and three rounds add < 80 MB. (Tried: 1 MB kept per request fails this with
-        # steps of 31, 60, 64 MB; 0.24 MB per request hides in the arenas' holes, RSS cannot see it.)
-        steps = np.diff(mb[1:])
-        assert np.median(steps) < 10 and mb[-1] - mb[1] < 80, shown
+        # flat. glibc's per-thread arenas make RSS step by 20-45 MB in a round and give it back in
+        # another (measured: 926, 946, 946, 927, 946 MB; CI runs saw 1177 -> 1222 in one round and
+        # 1208, 1187, 1207, 1221), so no single step, nor their median, tells a leak from noise. A leak
+        # adds up over rounds: after the first round of 50, three more add < 80 MB. (Tried: 1 MB kept
+        # per request adds 31 + 60 + 64 = 155 MB and fails this; 0.24 MB per request hides in the
+        # arenas' holes, RSS cannot see it.)
+        assert mb[-1] - mb[1] < 80, shown
         assert mb[1] - mb[0] < 300, shown
     assert server.process.returncode is not None  # stopped by the fixture
