@@ -387,3 +387,29 @@ def test_the_number_of_processes_is_not_in_the_inpaint_run_file(inpaint_case):
     run = json.loads((root / "one" / ".inpaint-run.json").read_text())
     assert list(run["params"]) == ["backend", "seed", "max_versions", "dilate_px", "opencv_method",
                                    "opencv_radius", "lama_checkpoint"]
+
+
+def test_a_failed_launch_starts_its_error_on_a_line_of_its_own(inpaint_case, tmp_path, monkeypatch, capsys):
+    """A process killed mid-way leaves its progress bar without a newline on the shared stderr; the
+    launch's one-line error must not be glued to it (CI saw `...pair/s]spotdiff: error: ...`)."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def dies_mid_bar(_args):
+        sys.stderr.write("inpaint [rank 1/2]:  50%|#####     | 1/2 [00:01<00:01]")  # no newline
+        raise ChildFailedError("spotdiff.cli", {1: ProcessFailure(1, 4242, -9, "<N/A>")})
+
+    monkeypatch.setattr(torchrun, "run", dies_mid_bar)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    root, source, _ = inpaint_case
+    raw = json.loads(json.dumps(INPAINT_PARAMS))
+    raw["inpaint"]["devices"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    code = main(["inpaint", "--params", str(tmp_path / "params.yaml"), "--source", str(source),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("spotdiff: error: ")]
+    assert code == 2 and len(errors) == 1, err
+    assert errors[0].startswith("spotdiff: error: inpaint: process(es) 1 of 2 failed"), err
+    assert "Traceback" not in err

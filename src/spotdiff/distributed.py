@@ -189,6 +189,10 @@ def launch(stage: str, args: list[str], devices: int, num_nodes: int) -> None:
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
+        # A process killed mid-way leaves its progress bar without a newline on the shared stderr:
+        # end that line, so the error below starts a line of its own.
+        sys.stderr.write("\n")
+        sys.stderr.flush()
         failed = ", ".join(str(rank) for rank in sorted(exc.failures))
         raise SpotdiffError(f"{stage}: process(es) {failed} of {devices * num_nodes} failed (messages "
                             "above); fix the cause and rerun: the work finished so far is kept") from None
