@@ -31,8 +31,8 @@ GOAL = 2.0  # fastest exact engine ≥ 2× eager on CPU at batch 1
 
 
 def agreement(model: CYWS, engine, eager, image_a, image_b) -> dict:
-    ref = run_decoded(eager, image_a, image_b, model.max_boxes)
-    got = run_decoded(engine, image_a, image_b, model.max_boxes)
+    ref = run_decoded(eager, image_a, image_b, model.max_boxes, model.output_stride)
+    got = run_decoded(engine, image_a, image_b, model.max_boxes, model.output_stride)
     parts = [detections_agree(r, g) for r, g in zip(ref, got)]
     return {"equal": all(p["equal"] for p in parts),
             "peaks_matched": sum(p["peaks_matched"] for p in parts),

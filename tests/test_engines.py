@@ -162,3 +162,16 @@ def test_detector_on_the_default_engine_gives_eagers_boxes(model, monkeypatch, t
         assert check["equal"] and check["peaks_compared"] >= 50, check
     with pytest.raises(SpotdiffError, match="unknown engine"):
         CywsDetector(model, device="cpu", engine="fastest")
+
+
+def test_onnx_engine_of_a_half_resolution_head_gives_eagers_boxes(images, tmp_path):
+    """`model.output_stride: 2` exports and runs in ONNX Runtime; decoded with the stride, its boxes
+    are eager's, in input pixels."""
+    torch.manual_seed(0)
+    half = spread_head_outputs(CYWS(backbone="resnet18", image_size=SIZE, output_stride=2).eval(), *images)
+    ref = run_decoded(make_engine(half, "eager"), *images, max_boxes=half.max_boxes, stride=2)
+    got = run_decoded(make_engine(half, "onnxruntime", folder=tmp_path), *images, max_boxes=half.max_boxes, stride=2)
+    for side_ref, side_got in zip(ref, got):
+        check = detections_agree(side_ref, side_got)
+        assert check["equal"] and check["peaks_compared"] >= 50, check
+    assert max(float(b[:, 2:].max()) for b, _ in ref[0]) > SIZE / 2  # input pixels, not map cells

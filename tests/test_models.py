@@ -503,3 +503,43 @@ def test_decoder_channels_set_the_decoder_and_head_widths_and_survive_a_checkpoi
 def test_decoder_channels_must_be_five_positive_integers(channels):
     with pytest.raises(SpotdiffError, match="decoder_channels"):
         CYWS(backbone="resnet18", image_size=64, decoder_channels=channels)
+
+
+def test_output_stride_two_drops_the_last_block_and_boxes_stay_in_input_pixels(tmp_path):
+    """`model.output_stride: 2`: the decoder stops at its 4th block, the head's maps are S/2, the loss
+    reads input-pixel boxes in map cells (a perfect S/2 prediction costs ~nothing), and decoding gives
+    the boxes back in input pixels; the choice survives a checkpoint."""
+    m = CYWS(backbone="resnet18", image_size=S, decoder_channels=(64, 64, 32, 32, 16), output_stride=2).eval()
+    full = CYWS(backbone="resnet18", image_size=S, decoder_channels=(64, 64, 32, 32, 16)).eval()
+    assert len(m.decoder.blocks) == 4 and m.decoder.out_channels == 32 and m.head.heatmap[0].in_channels == 32
+    assert m.head.heatmap[0].out_channels == 16
+    assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in full.parameters())
+    a, b = torch.rand(2, 3, S, S), torch.rand(2, 3, S, S)
+    out_a, out_b = m(a, b)
+    assert out_a["heatmap"].shape == (2, 1, S // 2, S // 2) and out_b["size"].shape == (2, 2, S // 2, S // 2)
+
+    boxes = torch.tensor([[4.0, 6.0, 20.0, 18.0], [30.0, 34.0, 62.0, 60.0]])
+    t = build_targets([boxes / 2], S // 2, S // 2)
+    perfect = {"heatmap": torch.logit(t["heatmap"].clamp(1e-7, 1 - 1e-7)), "size": t["size"], "offset": t["offset"]}
+    good = centernet_loss(perfect, [boxes], stride=2)
+    assert good["size"] == 0 and good["offset"] == 0
+    assert good["heatmap"] < 0.1 * centernet_loss({k: torch.zeros_like(v) for k, v in perfect.items()},
+                                                  [boxes], stride=2)["heatmap"]
+    (got, scores), = m.decode(perfect)
+    top = got[scores > 0.99]
+    torch.testing.assert_close(top[top[:, 0].argsort()], boxes, atol=1e-4, rtol=0)
+    dets_a, _ = m.predict(a, b)
+    assert all((bx >= 0).all() and (bx <= S).all() for bx, _ in dets_a)
+    assert (dets_a[0][0][:, 2] > S / 2).any() or (dets_a[0][0][:, 3] > S / 2).any()  # not a half-size map's boxes
+
+    save_model(m, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config["output_stride"] == 2 and loaded.output_stride == 2
+    torch.testing.assert_close(loaded(a, b)[0]["heatmap"], out_a["heatmap"])
+    assert "head at 1/2" in m.summary() and "head at" not in full.summary()
+
+
+@pytest.mark.parametrize("stride", [0, 3, 4, True, "2"])
+def test_output_stride_is_one_or_two(stride):
+    with pytest.raises(SpotdiffError, match="model.output_stride"):
+        CYWS(backbone="resnet18", image_size=S, output_stride=stride)

@@ -189,7 +189,8 @@ def test_published_file_loads_strictly_and_computes_the_reference_forward(publis
     assert model.config == {"backbone": "resnet50", "attention": "coam", "attention_layers": 3, "scse": True,
                             "image_size": 256, "pretrained_weights": "", "max_boxes": 100,
                             "attention_scale": "none", "attention_init": "independent",
-                            "attention_fusion": "concat", "decoder_channels": [256, 256, 128, 128, 64]}
+                            "attention_fusion": "concat", "decoder_channels": [256, 256, 128, 128, 64],
+                            "output_stride": 1}
     assert model.normalize_input is False and not model.training
     file_state = torch.load(published["file"], map_location="cpu", weights_only=True)["state_dict"]
     gen = torch.Generator().manual_seed(1)

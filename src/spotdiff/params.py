@@ -66,6 +66,8 @@ ATTENTIONS: tuple[str, ...] = typing.get_args(AttentionKind)
 ATTENTION_SCALES: tuple[str, ...] = typing.get_args(AttentionScale)
 ATTENTION_INITS: tuple[str, ...] = typing.get_args(AttentionInit)
 ATTENTION_FUSIONS: tuple[str, ...] = typing.get_args(AttentionFusion)
+OutputStride = Literal[1, 2]
+OUTPUT_STRIDES: tuple[int, ...] = typing.get_args(OutputStride)
 ATTENTION_LAYERS_MIN, ATTENTION_LAYERS_MAX = 1, 3
 IMAGE_SIZE_MIN, IMAGE_SIZE_MULTIPLE = 64, 32
 # Upper bounds come from what the code allocates: a model input of IMAGE_SIZE_MAX² at batch 1 is
@@ -398,6 +400,10 @@ class ModelParams(_Section):
     # The decoder and head run at full resolution and take most of a CPU step at 64 px: quarter
     # widths make a step much cheaper (BENCHMARKS.md, training step).
     decoder_channels: tuple[int, ...] = (64, 64, 32, 32, 16)
+    # The head's resolution: 1 = the input's (the reference; its published weights), 2 = half of it,
+    # without the decoder's last block (most of a CPU step's full-resolution work). Boxes come out
+    # in input pixels either way.
+    output_stride: OutputStride = 2
 
     @field_validator("image_size")
     @classmethod
@@ -439,7 +445,7 @@ class TrainParams(_Section):
     log_every_n_steps: StrictInt = Field(10, ge=1, le=COUNT_MAX)
     preview_pairs: StrictInt = Field(4, ge=0, le=256)
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
-    max_steps: StrictInt = Field(600, le=COUNT_MAX)
+    max_steps: StrictInt = Field(800, le=COUNT_MAX)
     # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
     # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -447,7 +453,7 @@ class TrainParams(_Section):
     warmup_start_factor: StrictFloat = Field(0.01, gt=0, le=1)
     min_lr_factor: StrictFloat = Field(0.01, ge=0, le=1)
     # Validate (val/loss, val/ap50) every this many steps; 0 = once per epoch.
-    val_every_n_steps: StrictInt = Field(200, ge=0, le=COUNT_MAX)
+    val_every_n_steps: StrictInt = Field(400, ge=0, le=COUNT_MAX)
     # Which validation result picks the kept model (the paper: lowest val/loss).
     monitor: Literal["val/loss", "val/ap50"] = "val/ap50"
     # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use less
@@ -456,8 +462,8 @@ class TrainParams(_Section):
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
     # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
-    affine_start_step: StrictInt = Field(200, ge=0, le=COUNT_MAX)
-    affine_ramp_steps: StrictInt = Field(200, ge=0, le=COUNT_MAX)
+    affine_start_step: StrictInt = Field(267, ge=0, le=COUNT_MAX)
+    affine_ramp_steps: StrictInt = Field(267, ge=0, le=COUNT_MAX)
 
     @field_validator("devices")
     @classmethod

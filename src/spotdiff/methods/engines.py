@@ -2,7 +2,7 @@
 
 Every engine is a callable `engine(image_a, image_b) -> (out_a, out_b)` with exactly the outputs of
 `CYWS.forward` (per image: heatmap logits B×1×S×S, size B×2×S×S, offset B×2×S×S, float32, on the
-model's device), so `spotdiff.models.centernet.decode` turns any of them into boxes.
+model's device), so `CYWS.decode` turns any of them into boxes.
 
     eager          PyTorch fp32 under `torch.inference_mode` (the reference every other one is checked
                    against; benchmarks/bench_cyws_inference.py)
@@ -328,10 +328,11 @@ def detections_agree(
 
 
 def run_decoded(engine: Callable[[torch.Tensor, torch.Tensor], Outputs], image_a: torch.Tensor,
-                image_b: torch.Tensor, max_boxes: int = 100):
-    """(dets_a, dets_b) of `engine` on a batch, decoded like `CYWS.predict`."""
+                image_b: torch.Tensor, max_boxes: int = 100, stride: int = 1):
+    """(dets_a, dets_b) of `engine` on a batch, decoded like `CYWS.predict` (`stride`: the model's
+    output_stride)."""
     out_a, out_b = engine(image_a, image_b)
-    return decode(out_a, max_boxes), decode(out_b, max_boxes)
+    return decode(out_a, max_boxes, stride=stride), decode(out_b, max_boxes, stride=stride)
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ from spotdiff.errors import SpotdiffError
 from spotdiff.methods.base import Detector, Overlay, PairDetections, Result
 from spotdiff.methods.engines import make_engine, resolve_engine
 from spotdiff.methods.registration import auto_homography
-from spotdiff.models.centernet import decode
 from spotdiff.models.checkpoint import load_model
 from spotdiff.models.cyws import CYWS
 
@@ -211,7 +210,7 @@ class CywsDetector(Detector):
         batch_a = _to_input(images_a, self.size, self.device)
         batch_b = _to_input(images_b, self.size, self.device)
         out_a, out_b = self.engine(batch_a, batch_b)  # CYWS.forward's outputs, from the chosen engine
-        dets_a, dets_b = decode(out_a, self.model.max_boxes), decode(out_b, self.model.max_boxes)
+        dets_a, dets_b = self.model.decode(out_a), self.model.decode(out_b)
         results = []
         for img_a, img_b, (ba, sa), (bb, sb) in zip(images_a, images_b, dets_a, dets_b):
             (ha, wa), (hb, wb) = img_a.shape[:2], img_b.shape[:2]

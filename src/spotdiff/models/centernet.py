@@ -124,10 +124,16 @@ def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float
     return (pos_loss + neg_loss).sum()
 
 
-def centernet_loss(out: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Loss of one image side: {"loss", "heatmap", "size", "offset"} (weights already applied)."""
+def centernet_loss(out: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
+                   stride: int = 1) -> dict[str, torch.Tensor]:
+    """Loss of one image side: {"loss", "heatmap", "size", "offset"} (weights already applied).
+
+    `boxes` are in input pixels; the maps are `stride` times coarser, so targets are in map cells.
+    """
     heat_logits = out["heatmap"]
     _, _, h, w = heat_logits.shape
+    if stride != 1:
+        boxes = [torch.as_tensor(b, dtype=torch.float32) / stride for b in boxes]
     t = build_targets(boxes, h, w, device=heat_logits.device)
     avg = t["heatmap"].eq(1).sum().clamp(min=1).float()
     heat = HEATMAP_WEIGHT * gaussian_focal_loss(heat_logits, t["heatmap"]) / avg
@@ -141,9 +147,12 @@ def centernet_loss(out: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor]) 
 
 @torch.no_grad()
 def decode(
-    out: dict[str, torch.Tensor], max_boxes: int = 100, kernel: int = 3, reference: bool = False
+    out: dict[str, torch.Tensor], max_boxes: int = 100, kernel: int = 3, reference: bool = False,
+    stride: int = 1,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image: (boxes N×4 xyxy, scores N) sorted by score, from the heatmap's local maxima.
+
+    Boxes are in input pixels: map cells × `stride` (the model's output stride).
 
     Default (what `detect`, evaluation and serving use): sizes floored at 0, boxes clipped to the
     map, and entries of score 0 (not a local maximum) dropped, so N ≤ max_boxes.
@@ -167,6 +176,9 @@ def decode(
     cx, cy = xs + off[:, 0], ys + off[:, 1]
     bw, bh = size[:, 0], size[:, 1]
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
+    if stride != 1:
+        boxes = boxes * stride
+        h, w = h * stride, w * stride
     if reference:
         return [(boxes[i], scores[i]) for i in range(bsz)]
     boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)

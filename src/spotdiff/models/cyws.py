@@ -46,6 +46,7 @@ from spotdiff.params import (
     IMAGE_SIZE_RULE,
     MAX_BOXES_MAX,
     MAX_BOXES_MIN,
+    OUTPUT_STRIDES,
     REFERENCE_DECODER_CHANNELS,
     decoder_channels_ok,
     image_size_ok,
@@ -56,7 +57,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODER_CHANNELS = REFERENCE_DECODER_CHANNELS  # the reference's widths: the constructor's default
 CONFIG_KEYS = ("backbone", "attention", "attention_layers", "scse", "image_size", "pretrained_weights",
-               "max_boxes", "attention_scale", "attention_init", "attention_fusion", "decoder_channels")
+               "max_boxes", "attention_scale", "attention_init", "attention_fusion", "decoder_channels",
+               "output_stride")
 
 
 def _is_int(value: Any) -> bool:
@@ -79,6 +81,7 @@ class CYWS(nn.Module):
         attention_init: str = "independent",
         attention_fusion: str = "concat",
         decoder_channels: Sequence[int] = DECODER_CHANNELS,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -105,14 +108,18 @@ class CYWS(nn.Module):
         if attention_fusion not in ATTENTION_FUSIONS:
             raise SpotdiffError(f"model.attention_fusion: {attention_fusion!r} is not supported; "
                                 f"use one of {', '.join(ATTENTION_FUSIONS)}")
+        if output_stride not in OUTPUT_STRIDES or isinstance(output_stride, bool):
+            raise SpotdiffError(f"model.output_stride: {output_stride!r} is not supported; "
+                                f"use one of {', '.join(map(str, OUTPUT_STRIDES))}")
         self.config: dict[str, Any] = {
             "backbone": backbone, "attention": attention, "attention_layers": attention_layers,
             "scse": bool(scse), "image_size": image_size, "pretrained_weights": str(pretrained_weights or ""),
             "max_boxes": max_boxes, "attention_scale": attention_scale, "attention_init": attention_init,
             "attention_fusion": attention_fusion,
-            "decoder_channels": decoder_channels,
+            "decoder_channels": decoder_channels, "output_stride": output_stride,
         }
         self.max_boxes = max_boxes
+        self.output_stride = output_stride
         self.encoder = build_encoder(backbone, pretrained_weights)
         channels = list(self.encoder.out_channels)
         # Deepest first: stage indices 4, 3, 2 (2048@/32, 1024@/16, 512@/8 for ResNet-50).
@@ -124,7 +131,7 @@ class CYWS(nn.Module):
             for j, lvl in enumerate(self.attention_levels)
         )
         decoder_in = [c * 2 if i in self.attention_levels else c for i, c in enumerate(channels)]
-        self.decoder = UnetDecoder(decoder_in, decoder_channels, scse=scse)
+        self.decoder = UnetDecoder(decoder_in, decoder_channels, scse=scse, output_stride=output_stride)
         self.head = CenterNetHead(self.decoder.out_channels, decoder_channels[-1])
         self.normalize_input = bool(pretrained_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -147,8 +154,9 @@ class CYWS(nn.Module):
         """Its settings in one line, e.g. "mobilenet_v2, 3×coam (difference), scSE on, 64 px"."""
         c = self.config
         fusion = " (difference)" if c["attention_fusion"] == "difference" else ""
+        stride = f", head at 1/{c['output_stride']}" if c["output_stride"] != 1 else ""
         return (f"{c['backbone']}, {c['attention_layers']}×{c['attention']}{fusion}, "
-                f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px")
+                f"scSE {'on' if c['scse'] else 'off'}, {c['image_size']} px{stride}")
 
     # ----------------------------------------------------------------------------- forward
 
@@ -164,7 +172,8 @@ class CYWS(nn.Module):
                                 f"{tuple(image_b.shape)}); resize both to the same size")
 
     def forward(self, image_a: torch.Tensor, image_b: torch.Tensor, return_attention: bool = False):
-        """(out_a, out_b) dicts of heatmap logits B×1×S×S, size B×2×S×S, offset B×2×S×S.
+        """(out_a, out_b) dicts of heatmap logits B×1×M×M, size B×2×M×M, offset B×2×M×M, where
+        M = S / output_stride and size/offset are in map cells (`decode` gives boxes in input pixels).
 
         With `return_attention=True` also returns {"a_to_b", "b_to_a"}: the deepest level's
         attention, B×h×w×h×w (query position, then the other image's position; sums to 1 over the
@@ -211,7 +220,8 @@ class CYWS(nn.Module):
         boxes_b: Sequence[torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """Sum over both images of the CenterNet loss (each averaged over its side's objects)."""
-        la, lb = centernet_loss(out_a, boxes_a), centernet_loss(out_b, boxes_b)
+        s = self.output_stride
+        la, lb = centernet_loss(out_a, boxes_a, stride=s), centernet_loss(out_b, boxes_b, stride=s)
         return {k: la[k] + lb[k] for k in ("loss", "heatmap", "size", "offset")}
 
     @torch.no_grad()
@@ -228,8 +238,12 @@ class CYWS(nn.Module):
             out_a, out_b = self.forward(image_a, image_b)
         finally:
             self.train(was_training)
-        return (decode(out_a, self.max_boxes, reference=reference),
-                decode(out_b, self.max_boxes, reference=reference))
+        return self.decode(out_a, reference), self.decode(out_b, reference)
+
+    def decode(self, out: dict[str, torch.Tensor], reference: bool = False):
+        """Per image (boxes N×4 xyxy in input pixels, scores N) from `forward`'s outputs for one side
+        (this model's max_boxes and output stride; see `centernet.decode`)."""
+        return decode(out, self.max_boxes, reference=reference, stride=self.output_stride)
 
     # ------------------------------------------------------------------------------- sizes
 

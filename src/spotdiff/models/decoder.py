@@ -4,7 +4,8 @@ concatenation and (switchable) scSE attention with reduction 16.
 Block i: upsample ×2 → concat skip (if any) → scSE on the concatenation → 3×3 conv-BN-ReLU
 → 3×3 conv-BN-ReLU → scSE on the output. The last block has no skip and no scSE at all, neither on
 its input nor on its output: that is the layout of the authors' published checkpoint, so it loads
-strictly and computes the same function. The output has 64 channels at full resolution.
+strictly and computes the same function. The output has 64 channels at full resolution; with
+`output_stride=2` the last block is not built and the output is the 4th block's, at half resolution.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class UnetDecoder(nn.Module):
         encoder_channels: Sequence[int],
         decoder_channels: Sequence[int] = (256, 256, 128, 128, 64),
         scse: bool = True,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 5 or len(decoder_channels) != 5:
@@ -73,15 +75,19 @@ class UnetDecoder(nn.Module):
         enc = list(encoder_channels)[::-1]  # deepest first
         in_channels = [enc[0]] + list(decoder_channels[:-1])
         skip_channels = enc[1:] + [0]
+        if output_stride not in (1, 2):
+            raise ValueError("UnetDecoder's output_stride is 1 or 2")
+        n = 5 if output_stride == 1 else 4
         self.blocks = nn.ModuleList(
-            DecoderBlock(i, s, o, scse) for i, s, o in zip(in_channels, skip_channels, decoder_channels)
+            DecoderBlock(i, s, o, scse)
+            for i, s, o in list(zip(in_channels, skip_channels, decoder_channels))[:n]
         )
-        self.out_channels = decoder_channels[-1]
+        self.out_channels = decoder_channels[n - 1]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         feats = list(features)[::-1]
         x = feats[0]
-        skips = feats[1:] + [None]
+        skips = (feats[1:] + [None])[: len(self.blocks)]
         for block, skip in zip(self.blocks, skips):
             x = block(x, skip)
         return x

@@ -43,8 +43,8 @@ PUBLISHED_PREFIXES = ("unet_model.", "coattention_modules.", "centernet_head.")
 # The settings the authors trained and evaluated with (the rest is read off the weights). Every one
 # is spelled out, never left to a default: params.yaml's (and ModelParams') embedded recipe differs.
 REFERENCE_SETTINGS = {"image_size": 256, "attention_scale": "none", "attention_init": "independent",
-                      "attention_fusion": "concat", "decoder_channels": REFERENCE_DECODER_CHANNELS, "pretrained_weights": "",
-                      "max_boxes": 100}
+                      "attention_fusion": "concat", "decoder_channels": REFERENCE_DECODER_CHANNELS,
+                      "output_stride": 1, "pretrained_weights": "", "max_boxes": 100}
 # The paper's Table 1 (AP@0.5) for the published R50 / 3×CoAM / scSE / affine checkpoint.
 PAPER_AP50 = {"coco_inpainted": 0.63, "synthtext_change": 0.89, "virat_std": 0.54, "kubric_change": 0.76}
 PUBLISHED_FILE_NAME = "pretrained-resnet50-3x-coam-scSE-affine.ckpt"

@@ -12,7 +12,6 @@ import pytorch_lightning as pl
 import torch
 
 from spotdiff.evaluation.metrics import average_precision
-from spotdiff.models.centernet import decode
 from spotdiff.models.cyws import CYWS
 
 
@@ -63,8 +62,8 @@ class CywsLitModule(pl.LightningModule):
 
     def _collect_detections(self, batch: dict, out_a: dict, out_b: dict) -> None:
         """Per image, in the paper's order [pair.a, pair.b, ...]: GT boxes and top-k detections."""
-        dets_a = decode(out_a, self.model.max_boxes)
-        dets_b = decode(out_b, self.model.max_boxes)
+        dets_a = self.model.decode(out_a)
+        dets_b = self.model.decode(out_b)
         for i in range(len(dets_a)):
             for gt, (boxes, scores) in ((batch["boxes_a"][i], dets_a[i]), (batch["boxes_b"][i], dets_b[i])):
                 self._val_gt.append(gt.detach().cpu().numpy().reshape(-1, 4))
