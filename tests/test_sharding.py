@@ -59,7 +59,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _write_params(path: Path, raw: dict, devices: int = 1) -> Path:
+def _write_params(path: Path, raw: dict, devices: int | str = 1) -> Path:
     raw = json.loads(json.dumps(raw))
     section = "inpaint" if "inpaint" in raw else "evaluate"
     raw[section]["devices"] = devices
@@ -219,6 +219,44 @@ def test_evaluate_two_processes_write_the_bytes_of_one(evaluate_case, mlflow_sto
     logged = client.get_run(run_id).data.metrics
     assert all(logged[k] == pytest.approx(v) for k, v in flat.items() if v is not None)
     assert len(client.get_metric_history(run_id, "cyws/coco_inpainted/all/ap50")) == 1  # logged once
+
+
+def test_evaluate_devices_auto_counts_cores_gpus_and_work(monkeypatch):
+    """One process per physical core (or GPU), at most one per PAIRS_PER_PROCESS test pairs."""
+    import torch
+
+    import spotdiff.training.threads as threads
+    from spotdiff import distributed
+
+    per = distributed.PAIRS_PER_PROCESS
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    assert [distributed.auto_devices(n) for n in (0, per - 1, 2 * per - 1, 2 * per, 5 * per)] == [1, 1, 1, 2, 2]
+    monkeypatch.setattr(threads, "physical_cores", lambda: 1)
+    assert distributed.auto_devices(5 * per) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert distributed.auto_devices(5 * per) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pairs_per_process", [1000, 4])
+def test_evaluate_devices_auto_writes_the_bytes_of_one_process(evaluate_case, tmp_path, monkeypatch, one_thread,
+                                                                pairs_per_process):
+    """`evaluate.devices: auto` (the default): the 21 pairs stay in one process, or, at 4 pairs per
+    process, go to one process per core through torchrun; the same files either way."""
+    from spotdiff import distributed
+    from spotdiff.training.threads import physical_cores
+
+    root, sets, model, one = evaluate_case
+    monkeypatch.setattr(distributed, "PAIRS_PER_PROCESS", pairs_per_process)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    params = _write_params(tmp_path / "params.yaml", EVAL_PARAMS, devices="auto")
+    out = tmp_path / "auto"
+    assert main(_evaluate_args(params, model, sets, out)) == 0
+    assert _digests(out, skip=("timings.json",)) == one
+    expected = 1 if pairs_per_process == 1000 else min(physical_cores(), 21 // 4)
+    assert json.loads((out / "timings.json").read_text())["processes"] == expected
 
 
 def _pid_of_rank(marker: str, rank: int) -> int | None:

@@ -140,9 +140,28 @@ def joined() -> Iterator[Shard]:
         dist.destroy_process_group()
 
 
+def in_launch() -> bool:
+    """True inside a process that torchrun started."""
+    return "WORLD_SIZE" in os.environ
+
+
 def wants_launch(devices: int, num_nodes: int) -> bool:
     """True when the params ask for more than one process and this process is not in a launch yet."""
-    return devices * num_nodes > 1 and "WORLD_SIZE" not in os.environ
+    return devices * num_nodes > 1 and not in_launch()
+
+
+PAIRS_PER_PROCESS = 100  # `devices: auto` starts no process for fewer test pairs than this
+
+
+def auto_devices(pairs: int) -> int:
+    """`evaluate.devices: auto`: one process per CUDA GPU, or per physical core without one, and at
+    most one per PAIRS_PER_PROCESS pairs of work (a process takes seconds to start)."""
+    import torch
+
+    from spotdiff.training.threads import physical_cores
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else physical_cores()
+    return max(1, min(have, pairs // PAIRS_PER_PROCESS))
 
 
 def _check_devices(stage: str, devices: int) -> None:

@@ -594,8 +594,17 @@ class EvaluateParams(_Section):
     engine: Literal["auto", "eager", "onnxruntime", "channels_last", "compile", "bf16"] = "auto"
     # Processes per node and nodes (docs/SCALE-OUT.md): > 1 launches the stage through torchrun, each
     # process running its share of the batches (one GPU each); rank 0 scores: the same files.
-    devices: StrictInt = Field(1, ge=1, le=1024)
+    # "auto": one per GPU, or per physical core without one, but at most one per
+    # distributed.PAIRS_PER_PROCESS test pairs (starting a process costs seconds).
+    devices: Any = "auto"
     num_nodes: StrictInt = Field(1, ge=1, le=1024)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        if not (value == "auto" or (_is_int(value) and 1 <= value <= 1024)):
+            raise _rule_error("'auto' or an integer in [1, 1024]", value)
+        return value
 
     @field_validator("methods", mode="before")
     @classmethod

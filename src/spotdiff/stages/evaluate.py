@@ -77,18 +77,18 @@ def run(params: Params, model: str | Path, run_info: str | Path | None, testsets
                     warn, shard)
 
 
-def check_inputs(params: Params, model: str | Path, testsets: str | Path, out: str | Path) -> None:
+def check_inputs(params: Params, model: str | Path, testsets: str | Path, out: str | Path) -> int:
     """What `run` would refuse at its start (no test sets, no model, --out a file), checked once
-    before a launch starts its processes."""
+    before a launch starts its processes; returns the number of test pairs (all sets)."""
     from spotdiff.data.testsets import open_testset
     from spotdiff.evaluation.runner import check_model, discover
     from spotdiff.methods import method_class
 
     check_outputs(Path(out))
-    for _, _, name, path in discover(Path(testsets)):
-        open_testset(path, name)
+    pairs = sum(len(open_testset(path, name)) for _, _, name, path in discover(Path(testsets)))
     for name in params.evaluate.methods:
         check_model(name, str(model) if method_class(name, "evaluate.methods").uses_model else None)
+    return pairs
 
 
 def _fingerprint(params: Params, detectors: dict, rows: list, readers: list) -> dict:
@@ -252,11 +252,15 @@ def evaluate(
         typer.echo(f"note: --model {model} is a registry reference; metrics are not logged to the "
                    f"training run of {run_info} (pass --no-mlflow to silence this)", err=True)
         mlflow = False
-    if distributed.wants_launch(cfg.evaluate.devices, cfg.evaluate.num_nodes):
+    devices = cfg.evaluate.devices
+    if devices == "auto":  # (inside a launch the count is the launch's own: nothing to decide)
+        devices = 1 if distributed.in_launch() else distributed.auto_devices(
+            check_inputs(cfg, model, testsets, out))
+    if distributed.wants_launch(devices, cfg.evaluate.num_nodes):
         check_inputs(cfg, model, testsets, out)  # a user's mistake is one line, not one per process
         args = ["evaluate", "--params", str(params), "--model", str(model), "--run-info", str(run_info),
                 "--testsets", str(testsets), "--out", str(out), "--mlflow" if mlflow else "--no-mlflow"]
-        distributed.launch("evaluate", args, cfg.evaluate.devices, cfg.evaluate.num_nodes)
+        distributed.launch("evaluate", args, devices, cfg.evaluate.num_nodes)
         return
     run(cfg, model, run_info if mlflow else None, testsets, out, echo=typer.echo,
         warn=lambda line: typer.echo(line, err=True))
