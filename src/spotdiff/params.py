@@ -445,7 +445,7 @@ class TrainParams(_Section):
     log_every_n_steps: StrictInt = Field(10, ge=1, le=COUNT_MAX)
     preview_pairs: StrictInt = Field(4, ge=0, le=256)
     # Step budget: > 0 stops after this many optimiser steps (max_epochs is then ignored); -1 = epochs.
-    max_steps: StrictInt = Field(820, le=COUNT_MAX)
+    max_steps: StrictInt = Field(720, le=COUNT_MAX)
     # Learning rate per step: linear warm-up from lr * warmup_start_factor over warmup_steps, then
     # "cosine" decays to lr * min_lr_factor at the last step; "constant" keeps lr (the paper's Adam).
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -453,7 +453,7 @@ class TrainParams(_Section):
     warmup_start_factor: StrictFloat = Field(0.01, gt=0, le=1)
     min_lr_factor: StrictFloat = Field(0.01, ge=0, le=1)
     # Validate (val/loss, val/ap50) every this many steps; 0 = once per epoch.
-    val_every_n_steps: StrictInt = Field(410, ge=0, le=COUNT_MAX)
+    val_every_n_steps: StrictInt = Field(360, ge=0, le=COUNT_MAX)
     # Which validation result picks the kept model (the paper: lowest val/loss).
     monitor: Literal["val/loss", "val/ap50"] = "val/ap50"
     # Intra-op threads of the trainer (torch.set_num_threads); 0 = the physical cores it may use less
@@ -462,8 +462,8 @@ class TrainParams(_Section):
     # Geometry curriculum: training pairs keep identity geometry (colour jitter only) for the first
     # affine_start_step steps, then the affine range of pairs.augment grows linearly to full over
     # affine_ramp_steps steps. 0, 0 = full affine from the first step (the paper).
-    affine_start_step: StrictInt = Field(273, ge=0, le=COUNT_MAX)
-    affine_ramp_steps: StrictInt = Field(273, ge=0, le=COUNT_MAX)
+    affine_start_step: StrictInt = Field(240, ge=0, le=COUNT_MAX)
+    affine_ramp_steps: StrictInt = Field(240, ge=0, le=COUNT_MAX)
 
     @field_validator("devices")
     @classmethod
