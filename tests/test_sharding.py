@@ -225,18 +225,15 @@ def test_evaluate_devices_auto_counts_cores_gpus_and_work(monkeypatch):
     """One process per physical core (or GPU), at most one per PAIRS_PER_PROCESS test pairs."""
     import torch
 
-    import spotdiff.training.threads as threads
     from spotdiff import distributed
 
     per = distributed.PAIRS_PER_PROCESS
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
-    assert [distributed.auto_devices(n) for n in (0, per - 1, 2 * per - 1, 2 * per, 5 * per)] == [1, 1, 1, 2, 2]
-    monkeypatch.setattr(threads, "physical_cores", lambda: 1)
-    assert distributed.auto_devices(5 * per) == 1
+    assert [distributed.auto_devices(n, 2) for n in (0, per - 1, 2 * per - 1, 2 * per, 5 * per)] == [1, 1, 1, 2, 2]
+    assert distributed.auto_devices(5 * per, 1) == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert distributed.auto_devices(5 * per) == 5
+    assert distributed.auto_devices(5 * per, 2) == 5  # GPUs, not cores, bound it
 
 
 @pytest.mark.slow

@@ -153,14 +153,12 @@ def wants_launch(devices: int, num_nodes: int) -> bool:
 PAIRS_PER_PROCESS = 100  # `devices: auto` starts no process for fewer test pairs than this
 
 
-def auto_devices(pairs: int) -> int:
-    """`evaluate.devices: auto`: one process per CUDA GPU, or per physical core without one, and at
-    most one per PAIRS_PER_PROCESS pairs of work (a process takes seconds to start)."""
+def auto_devices(pairs: int, cores: int) -> int:
+    """`evaluate.devices: auto`: one process per CUDA GPU, or per physical core (`cores`) without one,
+    and at most one per PAIRS_PER_PROCESS pairs of work (a process takes seconds to start)."""
     import torch
 
-    from spotdiff.training.threads import physical_cores
-
-    have = torch.cuda.device_count() if torch.cuda.is_available() else physical_cores()
+    have = torch.cuda.device_count() if torch.cuda.is_available() else cores
     return max(1, min(have, pairs // PAIRS_PER_PROCESS))
 
 

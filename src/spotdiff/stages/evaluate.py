@@ -245,6 +245,7 @@ def evaluate(
     from spotdiff import distributed
     from spotdiff.methods import is_registry_reference
     from spotdiff.params import load_params
+    from spotdiff.training.threads import physical_cores
 
     cfg = load_params(params)
     if mlflow and is_registry_reference(model):
@@ -255,7 +256,7 @@ def evaluate(
     devices = cfg.evaluate.devices
     if devices == "auto":  # (inside a launch the count is the launch's own: nothing to decide)
         devices = 1 if distributed.in_launch() else distributed.auto_devices(
-            check_inputs(cfg, model, testsets, out))
+            check_inputs(cfg, model, testsets, out), physical_cores())
     if distributed.wants_launch(devices, cfg.evaluate.num_nodes):
         check_inputs(cfg, model, testsets, out)  # a user's mistake is one line, not one per process
         args = ["evaluate", "--params", str(params), "--model", str(model), "--run-info", str(run_info),
