@@ -114,6 +114,13 @@ def _rule_error(rule: str, value: Any, field: str | None = None) -> PydanticCust
     return PydanticCustomError("spotdiff_rule", "must be {rule}", ctx)
 
 
+def _devices_rule(value: Any) -> Any:
+    """`train.devices` and `evaluate.devices`: "auto" or a process count in [1, 1024]."""
+    if not (value == "auto" or (_is_int(value) and 1 <= value <= 1024)):
+        raise _rule_error("'auto' or an integer in [1, 1024]", value)
+    return value
+
+
 def _as_list(value: Any) -> list:
     if not isinstance(value, (list, tuple)):
         raise _rule_error("a list", value)
@@ -468,9 +475,7 @@ class TrainParams(_Section):
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        if not (value == "auto" or (_is_int(value) and 1 <= value <= 1024)):
-            raise _rule_error("'auto' or an integer in [1, 1024]", value)
-        return value
+        return _devices_rule(value)
 
     @field_validator("max_steps")
     @classmethod
@@ -602,9 +607,7 @@ class EvaluateParams(_Section):
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        if not (value == "auto" or (_is_int(value) and 1 <= value <= 1024)):
-            raise _rule_error("'auto' or an integer in [1, 1024]", value)
-        return value
+        return _devices_rule(value)
 
     @field_validator("methods", mode="before")
     @classmethod

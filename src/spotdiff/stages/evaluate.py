@@ -253,12 +253,14 @@ def evaluate(
         typer.echo(f"note: --model {model} is a registry reference; metrics are not logged to the "
                    f"training run of {run_info} (pass --no-mlflow to silence this)", err=True)
         mlflow = False
+    # Inputs are checked once, before any launch: a user's mistake is one line, not one per process.
     devices = cfg.evaluate.devices
     if devices == "auto":  # (inside a launch the count is the launch's own: nothing to decide)
         devices = 1 if distributed.in_launch() else distributed.auto_devices(
             check_inputs(cfg, model, testsets, out), physical_cores())
+    elif distributed.wants_launch(devices, cfg.evaluate.num_nodes):
+        check_inputs(cfg, model, testsets, out)
     if distributed.wants_launch(devices, cfg.evaluate.num_nodes):
-        check_inputs(cfg, model, testsets, out)  # a user's mistake is one line, not one per process
         args = ["evaluate", "--params", str(params), "--model", str(model), "--run-info", str(run_info),
                 "--testsets", str(testsets), "--out", str(out), "--mlflow" if mlflow else "--no-mlflow"]
         distributed.launch("evaluate", args, devices, cfg.evaluate.num_nodes)
