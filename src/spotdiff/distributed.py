@@ -21,9 +21,11 @@ process computes on its own GPU (`torch.cuda.set_device(LOCAL_RANK)`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +36,9 @@ from spotdiff.errors import SpotdiffError
 # Barriers wait for the slowest shard (a resumed shard may have hours left when the others have
 # none): gloo's 30-minute default would fail a long run that is merely unbalanced.
 BARRIER_TIMEOUT = timedelta(hours=48)
+# After a failure, how long a process that has left the group stays alive, so that the others
+# (which learn of it when it leaves) print their own line before torchrun ends the launch.
+PEER_REPORT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,25 @@ def joined() -> Iterator[Shard]:
     try:
         yield shard
     except BaseException:
-        if owned:  # leaving after a failure (maybe a lost peer): the group's own errors add nothing
-            try:
-                dist.destroy_process_group()
-            except Exception:
-                pass
+        if owned:  # leave only at exit, after the caller has printed why this process stopped
+            atexit.register(_leave_after_failure)
         raise
     if owned:
         dist.destroy_process_group()
+
+
+def _leave_after_failure() -> None:
+    """Leave the group of a failed launch once this process's own message is out (the others then
+    fail their collective and print theirs), and give them PEER_REPORT_S to do so: torchrun stops
+    every process as soon as one has exited. The group's own errors add nothing here."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+    time.sleep(PEER_REPORT_S)
 
 
 def in_launch() -> bool:
